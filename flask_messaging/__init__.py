@@ -1,0 +1,40 @@
+"""Typed domain events for Flask: sync subscribers, RQ jobs, transactions."""
+
+from .broker import (
+    MemoryBroker,
+    NullBroker,
+    TestBroker,
+    get_message_broker,
+    override_message_broker,
+)
+from .envelope import Envelope, current_envelope
+from .errors import (
+    DeliveryError,
+    InvalidJobError,
+    MessageDecodeError,
+    MessageEncodeError,
+    MessagingError,
+    UnknownHandlerError,
+)
+from .extension import Messaging
+from .message import Message
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "DeliveryError",
+    "Envelope",
+    "InvalidJobError",
+    "MemoryBroker",
+    "Message",
+    "MessageDecodeError",
+    "MessageEncodeError",
+    "Messaging",
+    "MessagingError",
+    "NullBroker",
+    "TestBroker",
+    "UnknownHandlerError",
+    "current_envelope",
+    "get_message_broker",
+    "override_message_broker",
+]

@@ -1,0 +1,382 @@
+"""Brokers route published messages to their subscribers.
+
+:class:`MemoryBroker` is the production broker: sync subscribers run in the
+publishing thread, async ones get one RQ job each. :class:`NullBroker` and
+:class:`TestBroker` are test doubles, installed with
+:func:`override_message_broker`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar, overload
+
+from flask import current_app, has_app_context
+from rq import Retry
+
+from . import envelope as codec
+from .errors import DeliveryError, raise_failures, record_failure
+from .dispatch import run_delivery
+from .jobs import Delivery
+from .message import Message, validate_message_class
+from .queue_names import DEFAULT_PRIORITY
+from .subscription import (
+    Predicate,
+    Subscription,
+    SubscriptionRegistry,
+    make_subscription,
+)
+
+
+__all__ = [
+    "MemoryBroker",
+    "MessageBroker",
+    "NullBroker",
+    "TestBroker",
+    "get_message_broker",
+    "override_message_broker",
+]
+
+M = TypeVar("M", bound=Message)
+H = TypeVar("H", bound=Callable[..., object])
+
+
+class JobSink(Protocol):
+    """Where a broker sends the async deliveries of a publish."""
+
+    def enqueue(self, deliveries: Sequence[Delivery]) -> None: ...
+
+
+class MessageBroker:
+    """Routes messages to sync and async subscribers.
+
+    Subclasses decide what publishing does; subscribing is the same for all.
+    """
+
+    max_message_bytes: int | None = None
+
+    def __init__(self, registry: SubscriptionRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else SubscriptionRegistry()
+
+    @overload
+    def subscribe(
+        self,
+        message_type: type[M],
+        handler: Callable[[M], object],
+        *,
+        predicate: Callable[[M], object] | None = ...,
+    ) -> Callable[[M], object]: ...
+    @overload
+    def subscribe(
+        self,
+        message_type: type[Message],
+        handler: H,
+        *,
+        predicate: Predicate | None = ...,
+    ) -> H: ...
+    def subscribe(
+        self,
+        message_type: type[Message],
+        handler: Callable[..., object],
+        *,
+        predicate: Predicate | None = None,
+    ) -> Callable[..., object]:
+        """Call ``handler`` in the publishing thread for every matching message.
+
+        :param message_type: a :class:`Message` subclass; its subclasses match too.
+        :param predicate: called with the message first; the handler runs only
+            when it returns a true value.
+        :return: ``handler``, unchanged.
+        """
+        self.registry.add(make_subscription(message_type, handler, predicate=predicate))
+        return handler
+
+    def subscribe_async(
+        self,
+        message_type: type[Message],
+        handler: H,
+        *,
+        queue_name: str = DEFAULT_PRIORITY,
+        predicate: Predicate | None = None,
+        retry: int | Retry | None = None,
+        timeout: int | None = None,
+        name: str | None = None,
+    ) -> H:
+        """Deliver every matching message to ``handler`` in an RQ job.
+
+        :param queue_name: the RQ queue of the jobs
+            (see :mod:`flask_messaging.queue_names`).
+        :param predicate: checked in the publishing process; no job is created
+            for a message it rejects.
+        :param retry: how often a failed job is retried: a count or an
+            :class:`rq.Retry`; defaults to ``MESSAGING_RETRY``.
+        :param timeout: seconds a job may run; defaults to
+            ``MESSAGING_JOB_TIMEOUT``.
+        :param name: the handler's stable key, by which workers find it; defaults
+            to ``module:qualname``. Lambdas and nested functions need one.
+        :return: ``handler``, unchanged.
+        """
+        self.registry.add(
+            make_subscription(
+                message_type,
+                handler,
+                queue_name=queue_name,
+                predicate=predicate,
+                retry=retry,
+                timeout=timeout,
+                name=name,
+            )
+        )
+        return handler
+
+    def publish(self, message: Message) -> None:
+        raise NotImplementedError
+
+    def _deliver_sync(
+        self,
+        message: Message,
+        subscriptions: Sequence[Subscription],
+        message_id: str | None,
+        errors: list[Exception] | None,
+    ) -> list[Exception] | None:
+        for subscription in subscriptions:
+            try:
+                predicate = subscription.predicate
+                if predicate is None or predicate(message):
+                    subscription.handler(message)
+            except Exception as exc:
+                errors = record_failure(
+                    errors, subscription, _name(message), message_id, exc
+                )
+        return errors
+
+
+def _name(message: Message) -> str:
+    return type(message).__message_name__
+
+
+class MemoryBroker(MessageBroker):
+    """The production broker: an in-memory map of subscribers.
+
+    Sync subscribers are called directly, in subscription order; each matching
+    async subscriber gets one job, all written in one Redis round trip.
+
+    :param jobs: where async deliveries go (the app's RQ queues); the
+        :class:`~flask_messaging.Messaging` extension sets it up.
+    """
+
+    def __init__(
+        self,
+        registry: SubscriptionRegistry | None = None,
+        jobs: JobSink | None = None,
+        max_message_bytes: int | None = None,
+    ) -> None:
+        super().__init__(registry)
+        self.jobs = jobs
+        self.max_message_bytes = max_message_bytes
+
+    def publish(self, message: Message) -> None:
+        """Deliver ``message`` to every subscriber of its type.
+
+        :raises TypeError: the message's class cannot be sent.
+        :raises MessageEncodeError: an async subscriber matches and the
+            message's values cannot be encoded; nothing was delivered.
+        :raises DeliveryError: some subscribers failed (or their jobs could not
+            be enqueued); all the others received the message.
+        """
+        validate_message_class(type(message))
+        route = self.registry.route(type(message))
+        errors: list[Exception] | None = None
+        message_id = None
+        if route.async_:
+            message_id, data = codec.encode(message, max_bytes=self.max_message_bytes)
+            errors = self.send_jobs(message, route.async_, data, message_id)
+        if route.sync:
+            errors = self._deliver_sync(message, route.sync, message_id, errors)
+        if errors:
+            raise_failures(_name(message), errors)
+
+    def send_jobs(
+        self,
+        message: Message,
+        subscriptions: Sequence[Subscription],
+        data: bytes,
+        message_id: str,
+    ) -> list[Exception] | None:
+        """Enqueue one job per async subscription whose predicate matches."""
+        errors: list[Exception] | None = None
+        deliveries = []
+        for subscription in subscriptions:
+            try:
+                if subscription.matches(message):
+                    deliveries.append(Delivery(subscription, message_id, data))
+            except Exception as exc:
+                errors = record_failure(
+                    errors, subscription, _name(message), message_id, exc
+                )
+        if deliveries:
+            if self.jobs is None:
+                raise RuntimeError(
+                    "This MemoryBroker has async subscribers but no job queue; use"
+                    " the broker of a Flask app set up with Messaging(app)."
+                )
+            try:
+                self.jobs.enqueue(deliveries)
+            except DeliveryError as group:  # inline jobs: failures already recorded
+                errors = [*(errors or ()), *group.exceptions]
+            except Exception as exc:
+                for delivery in deliveries:
+                    errors = record_failure(
+                        errors, delivery.subscription, _name(message), message_id, exc
+                    )
+        return errors
+
+
+class NullBroker(MessageBroker):
+    """Records published messages in :attr:`published` and delivers nothing."""
+
+    def __init__(self, registry: SubscriptionRegistry | None = None) -> None:
+        super().__init__(registry)
+        #: Every message published, in order.
+        self.published: list[Message] = []
+
+    def publish(self, message: Message) -> None:
+        validate_message_class(type(message))
+        self.published.append(message)
+
+
+class TestBroker(MessageBroker):
+    """Queues published messages until :meth:`process_messages` delivers them.
+
+    Delivery goes through the real encode and decode path, so a message that a
+    worker could not receive fails here too. Async subscribers run inline.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, registry: SubscriptionRegistry | None = None) -> None:
+        super().__init__(registry)
+        #: Every message published, in order, processed or not.
+        self.published: list[Message] = []
+        self._pending: deque[tuple[Message, bytes]] = deque()
+
+    @classmethod
+    def from_app(cls, app: Any = None) -> TestBroker:
+        """A TestBroker with a copy of the subscriptions of ``app``.
+
+        :param app: a Flask app set up with Messaging; defaults to the current one.
+        """
+        from .extension import get_state
+
+        return cls(get_state(app).broker.registry.copy())
+
+    @property
+    def pending(self) -> list[Message]:
+        """Messages published and not processed yet."""
+        return [message for message, _ in self._pending]
+
+    def publish(self, message: Message) -> None:
+        # Encode now: a bad message fails where it is published, as it would in
+        # production.
+        data = codec.encode(message, max_bytes=self.max_message_bytes).data
+        self.published.append(message)
+        self._pending.append((message, data))
+
+    def process_messages(self, limit: int = 10_000) -> int:
+        """Deliver pending messages, including those published meanwhile.
+
+        :param limit: stop with an error after this many messages, a guard
+            against handlers that publish each other in a loop.
+        :return: how many messages were delivered.
+        :raises DeliveryError: subscribers failed; the other subscribers of that
+            message still received it, and later messages stay pending.
+        """
+        count = 0
+        while self._pending:
+            if count >= limit:
+                raise RuntimeError(
+                    f"process_messages delivered {limit} messages and more keep"
+                    " coming: do handlers publish each other in a loop?"
+                )
+            original, data = self._pending.popleft()
+            count += 1
+            self._deliver(original, data)
+        return count
+
+    def _deliver(self, original: Message, data: bytes) -> None:
+        envelope = codec.decode_envelope(data)
+        route = self.registry.route(type(original))
+        errors: list[Exception] | None = None
+        for subscription in route.async_:
+            try:
+                # Predicates see the published object, as in the publishing
+                # process; the handler gets what a worker would decode.
+                if subscription.matches(original):
+                    run_delivery(subscription, data)
+            except Exception as exc:
+                errors = record_failure(
+                    errors, subscription, envelope.type, envelope.id, exc
+                )
+        with codec.handling(envelope):
+            errors = self._deliver_sync(
+                codec.decode(envelope), route.sync, envelope.id, errors
+            )
+        if errors:
+            raise_failures(envelope.type, errors)
+
+
+# --------------------------------------------------------------------------
+# Which broker get_message_broker() returns.
+
+_override: contextvars.ContextVar[MessageBroker | None] = contextvars.ContextVar(
+    "flask_messaging_broker_override", default=None
+)
+
+
+def get_message_broker() -> MessageBroker:
+    """Return the broker to publish to and subscribe on.
+
+    The broker installed by :func:`override_message_broker` if one is active
+    in this context, else the broker of the current Flask app.
+
+    :raises RuntimeError: neither is available.
+    """
+    broker = _override.get()
+    if broker is not None:
+        return broker
+    if has_app_context():
+        state = current_app.extensions.get("messaging")
+        if state is not None:
+            return state.broker  # type: ignore[no-any-return]
+        raise RuntimeError(
+            f"The Flask app {current_app.name!r} has no message broker: call"
+            " Messaging(app) or messaging.init_app(app) in the app factory."
+        )
+    raise RuntimeError(
+        "No message broker: get_message_broker() needs an active Flask app context"
+        " (with app.app_context(): ...) or an override_message_broker(...) block."
+    )
+
+
+def active_override() -> MessageBroker | None:
+    """The broker installed by :func:`override_message_broker`, if any."""
+    return _override.get()
+
+
+@contextmanager
+def override_message_broker(broker: MessageBroker) -> Iterator[MessageBroker]:
+    """Make :func:`get_message_broker` return ``broker`` inside the block.
+
+    Blocks nest, the previous broker is restored even when the body raises, and
+    the override is local to the thread or asyncio task that installed it.
+    """
+    if not isinstance(broker, MessageBroker):
+        raise TypeError(f"override_message_broker needs a MessageBroker, not {broker!r}.")
+    token = _override.set(broker)
+    try:
+        yield broker
+    finally:
+        _override.reset(token)

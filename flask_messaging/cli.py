@@ -1,0 +1,143 @@
+"""``flask messaging …`` commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from .extension import get_state
+from .subscription import Subscription
+
+__all__ = ["messaging_cli"]
+
+
+@click.group("messaging", help="Inspect subscribers and run messaging workers.")
+def messaging_cli() -> None:
+    pass
+
+
+def _describe(subscription: Subscription) -> dict[str, object]:
+    predicate = subscription.predicate
+    return {
+        "message_type": subscription.message_type.__message_name__,
+        "handler": subscription.key,
+        "mode": "async" if subscription.is_async else "sync",
+        "queue": subscription.queue_name,
+        "predicate": _callable_name(predicate) if predicate is not None else None,
+    }
+
+
+def _callable_name(function: object) -> str:
+    module = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", None) or repr(function)
+    return f"{module}:{qualname}" if module else qualname
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@messaging_cli.command("subscribers")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@with_appcontext
+def subscribers_command(as_json: bool) -> None:
+    """List every subscription: message type, handler, mode, queue, predicate."""
+    rows = [_describe(s) for s in get_state().registry]
+    rows.sort(key=lambda row: str(row["message_type"]))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No subscribers.")
+        return
+    header = ["MESSAGE TYPE", "HANDLER", "MODE", "QUEUE", "PREDICATE"]
+    body = [
+        [str(row[k] or "-") for k in ("message_type", "handler", "mode", "queue",
+                                      "predicate")]
+        for row in rows
+    ]
+    click.echo(_table([header, *body]))
+
+
+@messaging_cli.command("worker")
+@click.argument("queues", nargs=-1)
+@click.option("--burst", is_flag=True, help="Quit once the queues are empty.")
+@click.option(
+    "-n",
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="How many worker processes to run.",
+)
+@click.option(
+    "--fork/--no-fork",
+    default=False,
+    show_default=True,
+    help="Run each job in a forked process, as 'rq worker' does (slower, isolated).",
+)
+@click.option(
+    "--scheduler/--no-scheduler",
+    default=True,
+    show_default=True,
+    help="Also run RQ's scheduler, which requeues retries that have an interval.",
+)
+@click.option("--max-jobs", type=click.IntRange(min=1), help="Quit after this many jobs.")
+@click.option(
+    "--logging-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+@with_appcontext
+def worker_command(
+    queues: tuple[str, ...],
+    burst: bool,
+    processes: int,
+    fork: bool,
+    scheduler: bool,
+    max_jobs: int | None,
+    logging_level: str,
+) -> None:
+    """Run workers that deliver async messages.
+
+    QUEUES default to MESSAGING_QUEUES (highest priority first) followed by any
+    other queue a subscriber uses. SIGTERM or Ctrl+C lets the job in hand
+    finish; a second one stops at once.
+    """
+    from .worker import run_workers
+
+    state = get_state()
+    if state.is_embedded:
+        raise click.UsageError(
+            "MESSAGING_REDIS_URL is 'memory://': jobs live inside the app's process"
+            " and its own worker thread runs them. Set MESSAGING_REDIS_URL to a"
+            " Redis server (redis://…) to run separate workers."
+        )
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        state.redis.ping()
+    except Exception as exc:
+        raise click.ClickException(
+            f"Cannot reach Redis at {state.settings.redis_url}: {exc}"
+        ) from None
+    status = run_workers(
+        app,
+        queues,
+        processes=processes,
+        burst=burst,
+        with_scheduler=scheduler,
+        fork=fork,
+        max_jobs=max_jobs,
+        logging_level=logging_level.upper(),
+    )
+    if status:
+        raise SystemExit(status)

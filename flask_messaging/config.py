@@ -1,0 +1,110 @@
+"""The ``MESSAGING_*`` configuration keys: defaults and validation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .jobs import JobOptions
+from .queue_names import PRIORITY_ORDER
+
+__all__ = ["DEFAULTS", "Settings"]
+
+_DEFAULT_JOBS = JobOptions()
+
+#: Every key and its default; ``init_app`` sets each with ``setdefault``.
+#: ``MESSAGING_ASYNC`` defaults to ``not app.testing``.
+DEFAULTS: Mapping[str, Any] = {
+    "MESSAGING_REDIS_URL": "redis://localhost:6379/0",
+    "MESSAGING_QUEUES": list(PRIORITY_ORDER),
+    "MESSAGING_RETRY": _DEFAULT_JOBS.retry,
+    "MESSAGING_RETRY_INTERVALS": list(_DEFAULT_JOBS.retry_intervals),
+    "MESSAGING_JOB_TIMEOUT": _DEFAULT_JOBS.timeout,
+    "MESSAGING_RESULT_TTL": _DEFAULT_JOBS.result_ttl,
+    "MESSAGING_FAILURE_TTL": _DEFAULT_JOBS.failure_ttl,
+    "MESSAGING_JOB_TTL": _DEFAULT_JOBS.ttl,
+    "MESSAGING_MAX_MESSAGE_BYTES": 1024 * 1024,
+    "MESSAGING_SIGNING_KEY": None,
+    "MESSAGING_SIGNING_FALLBACK_KEYS": None,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated ``MESSAGING_*`` values of one app."""
+
+    redis_url: str
+    queues: tuple[str, ...]
+    is_async: bool
+    jobs: JobOptions
+    max_message_bytes: int | None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        return cls(
+            redis_url=_string(config, "MESSAGING_REDIS_URL"),
+            queues=_names(config, "MESSAGING_QUEUES"),
+            is_async=_boolean(config, "MESSAGING_ASYNC"),
+            jobs=JobOptions(
+                retry=_count(config, "MESSAGING_RETRY", minimum=0),
+                retry_intervals=_intervals(config, "MESSAGING_RETRY_INTERVALS"),
+                timeout=_count(config, "MESSAGING_JOB_TIMEOUT", minimum=1),
+                result_ttl=_count(config, "MESSAGING_RESULT_TTL", minimum=-1),
+                failure_ttl=_count(config, "MESSAGING_FAILURE_TTL", minimum=1),
+                ttl=_optional_count(config, "MESSAGING_JOB_TTL", minimum=1),
+            ),
+            max_message_bytes=_optional_count(
+                config, "MESSAGING_MAX_MESSAGE_BYTES", minimum=1
+            ),
+        )
+
+
+def _bad(key: str, value: Any, expected: str) -> ValueError:
+    return ValueError(f"{key} must be {expected}, not {value!r}.")
+
+
+def _string(config: Mapping[str, Any], key: str) -> str:
+    value = config[key]
+    if not isinstance(value, str) or not value:
+        raise _bad(key, value, "a non-empty string")
+    return value
+
+
+def _boolean(config: Mapping[str, Any], key: str) -> bool:
+    value = config[key]
+    if not isinstance(value, bool):
+        raise _bad(key, value, "True or False")
+    return value
+
+
+def _count(config: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = config[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise _bad(key, value, f"an integer >= {minimum}")
+    return value
+
+
+def _optional_count(config: Mapping[str, Any], key: str, minimum: int) -> int | None:
+    return None if config[key] is None else _count(config, key, minimum)
+
+
+def _names(config: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = config[key]
+    if isinstance(value, str) or not value:
+        raise _bad(key, value, "a non-empty list of queue names")
+    names = tuple(value)
+    if not all(isinstance(name, str) and name for name in names):
+        raise _bad(key, value, "a non-empty list of queue names")
+    return names
+
+
+def _intervals(config: Mapping[str, Any], key: str) -> tuple[int, ...]:
+    value = config[key]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    ):
+        raise _bad(key, value, "a list of seconds >= 0")
+    return tuple(value)

@@ -1,0 +1,127 @@
+"""``MESSAGING_REDIS_URL = "memory://"``: Redis and a worker inside the app.
+
+The app's Redis is an in-process fakeredis server and its jobs are run by a
+worker thread, started by the first job. Messages take the same path as in
+production (encode, sign, RQ job, verify, decode, handler in the app context),
+with no server to install. Nothing survives the process: for development,
+demos and tests only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rq.timeouts import TimerDeathPenalty
+
+from .jobs import Delivery, RQJobs
+from .worker import MessagingWorker, make_worker
+
+if TYPE_CHECKING:
+    from .extension import MessagingState
+
+__all__ = ["EmbeddedJobs", "EmbeddedWorker"]
+
+logger = logging.getLogger("flask_messaging")
+
+
+class ThreadWorker(MessagingWorker):
+    """A worker that can live in a non-main thread: no signals anywhere."""
+
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self) -> None:
+        pass
+
+    def request_stop(self, signum: Any = None, frame: Any = None) -> None:
+        self._stop_requested = True
+
+    def procline(self, message: str) -> None:
+        pass  # the process title belongs to the app
+
+
+class EmbeddedWorker:
+    """A worker thread, and a scheduler thread for retries with intervals."""
+
+    #: Seconds between checks for a stop request and for due retries.
+    poll_interval = 1
+
+    def __init__(self, state: MessagingState) -> None:
+        self._state = state
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.worker: ThreadWorker | None = None
+
+    @property
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        self.worker = make_worker(
+            self._state.app,
+            worker_class=ThreadWorker,
+            # Blocking pops give up after worker_ttl - 15 seconds: keep them
+            # short so that stop() is quick.
+            worker_ttl=15 + self.poll_interval,
+        )
+        self._threads = [
+            threading.Thread(
+                target=self.worker.work,
+                kwargs={"logging_level": "WARNING"},
+                name="flask-messaging-worker",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self._schedule, name="flask-messaging-scheduler", daemon=True
+            ),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 10) -> None:
+        """Let the job in hand finish, then stop both threads."""
+        self._stop.set()
+        if self.worker is not None:
+            self.worker.request_stop()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _schedule(self) -> None:
+        # RQ's scheduler runs in a forked process, which cannot share an
+        # in-process Redis: move due retries onto their queues from here.
+        from rq.scheduler import RQScheduler
+
+        from .serializer import JSONSerializer
+
+        scheduler = RQScheduler(
+            list(self._state.queue_names()),
+            connection=self._state.redis,
+            serializer=JSONSerializer,
+        )
+        while not self._stop.wait(self.poll_interval):
+            try:
+                scheduler.acquire_locks()
+                scheduler.enqueue_scheduled_jobs()
+            except Exception:
+                logger.exception("The embedded scheduler failed; retrying.")
+
+
+class EmbeddedJobs(RQJobs):
+    """Jobs on the in-process Redis; the first one starts the worker thread."""
+
+    def __init__(self, state: MessagingState) -> None:
+        super().__init__(lambda: state.redis, lambda: state.signer, state.settings.jobs)
+        self._state = state
+        self._lock = threading.Lock()
+
+    def enqueue(self, deliveries: Sequence[Delivery], pipeline: Any = None) -> None:
+        super().enqueue(deliveries, pipeline)
+        state = self._state
+        with self._lock:
+            if state.embedded_worker is None:
+                state.embedded_worker = EmbeddedWorker(state)
+                state.embedded_worker.start()

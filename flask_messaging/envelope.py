@@ -1,0 +1,164 @@
+"""The wire format: a JSON envelope around a message, and its codec.
+
+A message travels as::
+
+    {"id": "…", "type": "users.registered", "version": 1,
+     "occurred_at": "2026-11-26T08:00:00.123456Z",
+     "correlation_id": "…", "causation_id": "…", "payload": {…}}
+
+The payload is the message's dataclass fields encoded by msgspec; decoding
+validates every field against the class's annotations.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import msgspec
+
+from .errors import MessageDecodeError, MessageEncodeError
+from .message import Message, message_type_by_name, validate_message_class
+
+__all__ = ["Encoded", "Envelope", "current_envelope", "decode", "encode"]
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A message on the wire, with the metadata a consumer needs."""
+
+    #: Unique per published message: the key for idempotent consumers.
+    id: str
+    #: The message class's stable name (``Message`` ``name=``).
+    type: str
+    version: int
+    occurred_at: datetime.datetime
+    #: The id of the first message of the chain this one belongs to.
+    correlation_id: str | None = None
+    #: The id of the message whose handler published this one.
+    causation_id: str | None = None
+    payload: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+_encoder = msgspec.json.Encoder()
+_envelope_decoder = msgspec.json.Decoder(Envelope)
+_payload_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+_current: contextvars.ContextVar[Envelope | None] = contextvars.ContextVar(
+    "flask_messaging_envelope", default=None
+)
+
+
+class Encoded(NamedTuple):
+    """An encoded envelope and the id of the message inside."""
+
+    id: str
+    data: bytes
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+def current_envelope() -> Envelope | None:
+    """Return the envelope of the message being handled, if any.
+
+    Inside an async handler (and a :class:`~flask_messaging.broker.TestBroker`
+    delivery) this gives the message id, its type and version, when it occurred,
+    and its correlation and causation ids. Messages published meanwhile record
+    it as their cause.
+    """
+    return _current.get()
+
+
+@contextmanager
+def handling(envelope: Envelope) -> Iterator[None]:
+    """Make ``envelope`` the one :func:`current_envelope` returns."""
+    token = _current.set(envelope)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def encode(message: Message, *, max_bytes: int | None = None) -> Encoded:
+    """Encode ``message`` in a new envelope, checking it decodes back.
+
+    :raises TypeError: the class cannot be sent (not a frozen dataclass, or a
+        field type the codec does not carry).
+    :raises MessageEncodeError: a field value cannot be encoded or would not
+        decode back into the class (a wrong type, NaN for a float, ...), or the
+        result is larger than ``max_bytes``.
+    """
+    cls = type(message)
+    validate_message_class(cls)
+    try:
+        payload = _encoder.encode(message)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MessageEncodeError(
+            f"{cls.__message_name__}: cannot encode the message: {exc}."
+        ) from exc
+    # A message whose values do not match its annotations would be refused by
+    # every worker: refuse it here, where the caller can still react.
+    _decode_payload(cls, payload, error=MessageEncodeError)
+    cause = _current.get()
+    message_id = new_message_id()
+    data = _encoder.encode(
+        Envelope(
+            id=message_id,
+            type=cls.__message_name__,
+            version=cls.__message_version__,
+            occurred_at=datetime.datetime.now(datetime.UTC),
+            correlation_id=(cause.correlation_id or cause.id) if cause else message_id,
+            causation_id=cause.id if cause else None,
+            payload=msgspec.Raw(payload),
+        )
+    )
+    if max_bytes is not None and len(data) > max_bytes:
+        raise MessageEncodeError(
+            f"{cls.__message_name__}: the encoded message is {len(data):,} bytes,"
+            f" over MESSAGING_MAX_MESSAGE_BYTES ({max_bytes:,}); send a reference"
+            " (an id or a URL) instead of the data, or raise the limit."
+        )
+    return Encoded(message_id, data)
+
+
+def decode_envelope(data: bytes | str) -> Envelope:
+    try:
+        return _envelope_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise MessageDecodeError(f"Malformed message envelope: {exc}.") from exc
+
+
+def decode(envelope: Envelope) -> Message:
+    """Return the message an envelope carries, validated against its class."""
+    cls = message_type_by_name(envelope.type)
+    if cls is None:
+        raise MessageDecodeError(
+            f"Unknown message type {envelope.type!r}: no Message subclass of that"
+            " name is imported in this process (is the worker running older code?)."
+        )
+    return _decode_payload(cls, envelope.payload, error=MessageDecodeError)
+
+
+def round_trip(message: Message) -> tuple[Envelope, Message]:
+    """Encode then decode ``message``, as a worker would receive it."""
+    envelope = decode_envelope(encode(message).data)
+    return envelope, decode(envelope)
+
+
+def _decode_payload(
+    cls: type[Message], payload: bytes, error: type[Exception]
+) -> Message:
+    decoder = _payload_decoders.get(cls)
+    if decoder is None:
+        decoder = _payload_decoders[cls] = msgspec.json.Decoder(cls)
+    try:
+        message: Message = decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise error(f"{cls.__message_name__}: invalid field value: {exc}.") from exc
+    except msgspec.DecodeError as exc:
+        raise error(f"{cls.__message_name__}: malformed payload: {exc}.") from exc
+    return message
