@@ -161,8 +161,8 @@ def _name(message: Message) -> str:
 class MemoryBroker(MessageBroker):
     """The production broker: an in-memory map of subscribers.
 
-    Sync subscribers are called directly, in subscription order; each matching
-    async subscriber gets one job, all written in one Redis round trip.
+    Sync subscribers are called directly, in subscription order; then each
+    matching async subscriber gets one job, all written in one Redis round trip.
 
     :param jobs: where async deliveries go (the app's RQ queues); the
         :class:`~flask_messaging.Messaging` extension sets it up.
@@ -190,12 +190,15 @@ class MemoryBroker(MessageBroker):
         validate_message_class(type(message))
         route = self.registry.route(type(message))
         errors: list[Exception] | None = None
-        message_id = None
+        message_id = data = None
         if route.async_:
+            # Encode first: a message no worker could receive fails before any
+            # subscriber has seen it.
             message_id, data = codec.encode(message, max_bytes=self.max_message_bytes)
-            errors = self.send_jobs(message, route.async_, data, message_id)
         if route.sync:
             errors = self._deliver_sync(message, route.sync, message_id, errors)
+        if data is not None and message_id is not None:
+            errors = self.send_jobs(message, route.async_, data, message_id, errors)
         if errors:
             raise_failures(_name(message), errors)
 
@@ -205,9 +208,9 @@ class MemoryBroker(MessageBroker):
         subscriptions: Sequence[Subscription],
         data: bytes,
         message_id: str,
+        errors: list[Exception] | None = None,
     ) -> list[Exception] | None:
         """Enqueue one job per async subscription whose predicate matches."""
-        errors: list[Exception] | None = None
         deliveries = []
         for subscription in subscriptions:
             try:
@@ -310,6 +313,10 @@ class TestBroker(MessageBroker):
         envelope = codec.decode_envelope(data)
         route = self.registry.route(type(original))
         errors: list[Exception] | None = None
+        with codec.handling(envelope):
+            errors = self._deliver_sync(
+                codec.decode(envelope), route.sync, envelope.id, errors
+            )
         for subscription in route.async_:
             try:
                 # Predicates see the published object, as in the publishing
@@ -320,10 +327,6 @@ class TestBroker(MessageBroker):
                 errors = record_failure(
                     errors, subscription, envelope.type, envelope.id, exc
                 )
-        with codec.handling(envelope):
-            errors = self._deliver_sync(
-                codec.decode(envelope), route.sync, envelope.id, errors
-            )
         if errors:
             raise_failures(envelope.type, errors)
 

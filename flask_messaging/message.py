@@ -47,8 +47,10 @@ class Message:
     ) -> None:
         super().__init_subclass__(**kwargs)
         own = cls.__dict__
-        # dataclass(slots=True) re-creates the class without these keywords:
-        # keep what the first creation recorded.
+        # dataclass(slots=True) re-creates the class (keeping our attributes,
+        # not the keywords, and setting __qualname__ only afterwards): it
+        # replaces the first creation under the same name.
+        recreated = "__message_name__" in own
         if name is None:
             name = own.get("__message_name__") or f"{cls.__module__}.{cls.__qualname__}"
         if version is None:
@@ -65,13 +67,14 @@ class Message:
             )
         cls.__message_name__ = name
         cls.__message_version__ = version
-        _register_name(cls, name)
+        _register_name(cls, name, replaces=recreated)
 
 
-def _register_name(cls: type[Message], name: str) -> None:
+def _register_name(cls: type[Message], name: str, replaces: bool) -> None:
     known = _types_by_name.get(name)
     if (
-        known is not None
+        not replaces
+        and known is not None
         and known is not cls
         and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__)
     ):

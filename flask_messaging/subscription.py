@@ -168,18 +168,19 @@ def make_subscription(
             )
     if timeout is not None and (not isinstance(timeout, int) or timeout <= 0):
         raise TypeError(f"timeout must be a positive number of seconds, not {timeout!r}.")
+    if name is not None and (not isinstance(name, str) or not NAME_PATTERN.match(name)):
+        raise ValueError(
+            f"Handler name {name!r} is not valid; use letters, digits and"
+            " '_', '.', ':', '-'."
+        )
     if queue_name is not None:
         key = name if name is not None else async_handler_key(handler)
         if dataclasses_is_concrete(message_type):
             # Refuse a class the codec cannot carry now, not at the first publish.
             validate_message_class(message_type)
     else:
+        # Only shown to people (logs, `flask messaging subscribers`).
         key = name if name is not None else handler_key(handler)
-    if not NAME_PATTERN.match(key):
-        raise ValueError(
-            f"Handler name {key!r} is not valid; use letters, digits and"
-            " '_', '.', ':', '-'."
-        )
     return Subscription(
         message_type=message_type,
         handler=handler,
