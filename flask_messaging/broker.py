@@ -18,8 +18,8 @@ from flask import current_app, has_app_context
 from rq import Retry
 
 from . import envelope as codec
-from .errors import DeliveryError, raise_failures, record_failure
 from .dispatch import run_delivery
+from .errors import DeliveryError, raise_failures, record_failure
 from .jobs import Delivery
 from .message import Message, validate_message_class
 from .queue_names import DEFAULT_PRIORITY
@@ -29,7 +29,6 @@ from .subscription import (
     SubscriptionRegistry,
     make_subscription,
 )
-
 
 __all__ = [
     "MemoryBroker",
@@ -215,7 +214,9 @@ class MemoryBroker(MessageBroker):
         for subscription in subscriptions:
             try:
                 if subscription.matches(message):
-                    deliveries.append(Delivery(subscription, message_id, data))
+                    deliveries.append(
+                        Delivery(subscription, _name(message), message_id, data)
+                    )
             except Exception as exc:
                 errors = record_failure(
                     errors, subscription, _name(message), message_id, exc
@@ -377,7 +378,9 @@ def override_message_broker(broker: MessageBroker) -> Iterator[MessageBroker]:
     the override is local to the thread or asyncio task that installed it.
     """
     if not isinstance(broker, MessageBroker):
-        raise TypeError(f"override_message_broker needs a MessageBroker, not {broker!r}.")
+        raise TypeError(
+            f"override_message_broker needs a MessageBroker, not {broker!r}."
+        )
     token = _override.set(broker)
     try:
         yield broker

@@ -39,8 +39,10 @@ def _callable_name(function: object) -> str:
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -60,8 +62,10 @@ def subscribers_command(as_json: bool) -> None:
         return
     header = ["MESSAGE TYPE", "HANDLER", "MODE", "QUEUE", "PREDICATE"]
     body = [
-        [str(row[k] or "-") for k in ("message_type", "handler", "mode", "queue",
-                                      "predicate")]
+        [
+            str(row[k] or "-")
+            for k in ("message_type", "handler", "mode", "queue", "predicate")
+        ]
         for row in rows
     ]
     click.echo(_table([header, *body]))
@@ -90,7 +94,9 @@ def subscribers_command(as_json: bool) -> None:
     show_default=True,
     help="Also run RQ's scheduler, which requeues retries that have an interval.",
 )
-@click.option("--max-jobs", type=click.IntRange(min=1), help="Quit after this many jobs.")
+@click.option(
+    "--max-jobs", type=click.IntRange(min=1), help="Quit after this many jobs."
+)
 @click.option(
     "--logging-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),

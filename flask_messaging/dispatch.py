@@ -67,7 +67,7 @@ def _handle(subscription: Subscription, envelope: codec.Envelope) -> None:
         subscription.handler(message)
 
 
-class MessagingJob(Job):  # type: ignore[misc]
+class MessagingJob(Job):
     """An RQ job that can only ever run :func:`dispatch`.
 
     RQ imports whatever function and callbacks a job hash names, whatever the

@@ -41,6 +41,19 @@ class ThreadWorker(MessagingWorker):
     def procline(self, message: str) -> None:
         pass  # the process title belongs to the app
 
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> Any:
+        # RQ's blocking pop only gives up for an idle limit; wait in short
+        # slices so that a stop request is seen within a second.
+        while not self._stop_requested:
+            result = super().dequeue_job_and_maintain_ttl(
+                EmbeddedWorker.poll_interval, max_idle_time=EmbeddedWorker.poll_interval
+            )
+            if result is not None:
+                return result
+        return None
+
 
 class EmbeddedWorker:
     """A worker thread, and a scheduler thread for retries with intervals."""
@@ -61,13 +74,7 @@ class EmbeddedWorker:
     def start(self) -> None:
         if self._threads:
             return
-        self.worker = make_worker(
-            self._state.app,
-            worker_class=ThreadWorker,
-            # Blocking pops give up after worker_ttl - 15 seconds: keep them
-            # short so that stop() is quick.
-            worker_ttl=15 + self.poll_interval,
-        )
+        self.worker = make_worker(self._state.app, worker_class=ThreadWorker)
         self._threads = [
             threading.Thread(
                 target=self.worker.work,
@@ -104,8 +111,8 @@ class EmbeddedWorker:
         )
         while not self._stop.wait(self.poll_interval):
             try:
-                scheduler.acquire_locks()
-                scheduler.enqueue_scheduled_jobs()
+                scheduler.acquire_locks()  # type: ignore[no-untyped-call]
+                scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
             except Exception:
                 logger.exception("The embedded scheduler failed; retrying.")
 

@@ -49,7 +49,7 @@ class UnknownHandlerError(MessagingError, LookupError):
     """
 
 
-class DeliveryError(MessagingError, ExceptionGroup):  # type: ignore[misc]
+class DeliveryError(MessagingError, ExceptionGroup[Exception]):
     """One or more subscribers failed to handle a message.
 
     Every subscriber was still given the message. ``exceptions`` holds each
@@ -57,10 +57,8 @@ class DeliveryError(MessagingError, ExceptionGroup):  # type: ignore[misc]
     Catch it with ``except DeliveryError`` or ``except* SomeHandlerError``.
     """
 
-    def __new__(
-        cls, message: str, exceptions: Sequence[Exception]
-    ) -> DeliveryError:
-        return super().__new__(cls, message, exceptions)  # type: ignore[no-any-return]
+    def __new__(cls, message: str, exceptions: Sequence[Exception]) -> DeliveryError:
+        return super().__new__(cls, message, exceptions)
 
     def derive(self, excs: Sequence[Exception]) -> DeliveryError:  # type: ignore[override]
         return DeliveryError(self.message, excs)

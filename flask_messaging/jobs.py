@@ -28,6 +28,8 @@ class Delivery:
     """One message for one async subscriber: one job."""
 
     subscription: Subscription
+    #: The stable name of the message's class.
+    message_type: str
     message_id: str
     #: The encoded envelope.
     envelope: bytes
@@ -62,8 +64,7 @@ class JobOptions:
 def job_description(delivery: Delivery) -> str:
     # Shown by RQ's tools and dashboards, some of which do not escape it: built
     # from names only, never from message data.
-    subscription = delivery.subscription
-    return f"{subscription.message_type.__message_name__} -> {subscription.key}"
+    return f"{delivery.message_type} -> {delivery.subscription.key}"
 
 
 class RQJobs:
@@ -140,7 +141,11 @@ class InlineJobs:
                 run_delivery(delivery.subscription, delivery.envelope)
             except Exception as exc:
                 errors = record_failure(
-                    errors, delivery.subscription, None, delivery.message_id, exc
+                    errors,
+                    delivery.subscription,
+                    delivery.message_type,
+                    delivery.message_id,
+                    exc,
                 )
         if errors:
-            raise_failures(None, errors)
+            raise_failures(deliveries[0].message_type, errors)

@@ -139,7 +139,7 @@ def validate_message_class(cls: type) -> None:
             f"{_dotted(cls)} is not a dataclass; decorate it with"
             " '@dataclass(frozen=True)' to publish it."
         )
-    params = cls.__dataclass_params__  # type: ignore[attr-defined]
+    params = cls.__dataclass_params__
     if not params.frozen:
         raise TypeError(
             f"{_dotted(cls)} is a mutable dataclass; messages are immutable:"
@@ -184,8 +184,12 @@ def _check_type(tp: Any, where: str, seen: set[type]) -> None:
         _check_fields(tp, where, seen)
         return
     if tp in (dict,) or origin is dict:
-        if args and args[0] is not str and not (
-            isinstance(args[0], type) and issubclass(args[0], (str, enum.Enum))
+        if (
+            args
+            and args[0] is not str
+            and not (
+                isinstance(args[0], type) and issubclass(args[0], (str, enum.Enum))
+            )
         ):
             raise TypeError(
                 f"{where}: dict keys must be str (JSON object keys), not {args[0]!r}."

@@ -167,7 +167,9 @@ def make_subscription(
                 f"retry must be a count >= 0 or an rq.Retry, not {retry!r}."
             )
     if timeout is not None and (not isinstance(timeout, int) or timeout <= 0):
-        raise TypeError(f"timeout must be a positive number of seconds, not {timeout!r}.")
+        raise TypeError(
+            f"timeout must be a positive number of seconds, not {timeout!r}."
+        )
     if name is not None and (not isinstance(name, str) or not NAME_PATTERN.match(name)):
         raise ValueError(
             f"Handler name {name!r} is not valid; use letters, digits and"

@@ -7,10 +7,11 @@ import os
 import signal
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask
 from rq import SimpleWorker, Worker
+from rq.worker import BaseWorker
 
 from .dispatch import MessagingJob
 from .extension import get_state
@@ -18,18 +19,22 @@ from .serializer import JSONSerializer
 
 __all__ = ["ForkingMessagingWorker", "MessagingWorker", "make_worker", "run_workers"]
 
+W = TypeVar("W", bound=BaseWorker)
+
 
 class _AppContextMixin:
     """Runs each job inside an app context, as a request would be."""
 
-    app: Flask
+    def __init__(self, *args: Any, app: Flask, **kwargs: Any) -> None:
+        self.app = app
+        super().__init__(*args, **kwargs)
 
     def perform_job(self, *args: Any, **kwargs: Any) -> Any:
         with self.app.app_context():
             return super().perform_job(*args, **kwargs)  # type: ignore[misc]
 
 
-class MessagingWorker(_AppContextMixin, SimpleWorker):  # type: ignore[misc]
+class MessagingWorker(_AppContextMixin, SimpleWorker):
     """Runs jobs in the worker process itself: no fork per job.
 
     A fork per job costs about four times the work of a trivial handler; a
@@ -38,7 +43,7 @@ class MessagingWorker(_AppContextMixin, SimpleWorker):  # type: ignore[misc]
     """
 
 
-class ForkingMessagingWorker(_AppContextMixin, Worker):  # type: ignore[misc]
+class ForkingMessagingWorker(_AppContextMixin, Worker):
     """Forks a work horse per job, as ``rq worker`` does."""
 
 
@@ -48,27 +53,28 @@ def make_worker(
     *,
     fork: bool = False,
     name: str | None = None,
-    worker_class: type[SimpleWorker] | None = None,
+    worker_class: type[W] | None = None,
     **kwargs: Any,
-) -> SimpleWorker:
+) -> W:
     """Build a worker for ``app`` on ``queues`` (default ``MESSAGING_QUEUES``).
 
     Only jobs of this package run: every job is fetched as a
     :class:`~flask_messaging.dispatch.MessagingJob` and decoded as JSON.
     """
     state = get_state(app)
-    if worker_class is None:
-        worker_class = ForkingMessagingWorker if fork else MessagingWorker
-    worker = worker_class(
+    cls: type[Any] = worker_class or (
+        ForkingMessagingWorker if fork else MessagingWorker
+    )
+    worker: W = cls(
         list(queues or state.queue_names()),
         name=name,
         connection=state.redis,
         job_class=MessagingJob,
         serializer=JSONSerializer,
         default_result_ttl=state.settings.jobs.result_ttl,
+        app=app,
         **kwargs,
     )
-    worker.app = app
     return worker
 
 
@@ -114,7 +120,9 @@ def run_workers(
             if child.pid is not None and child.is_alive():
                 os.kill(child.pid, signum)
 
-    previous = {sig: signal.signal(sig, relay) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        sig: signal.signal(sig, relay) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         for child in children:
             child.join()

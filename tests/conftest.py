@@ -60,11 +60,16 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self.directory,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.directory,
                 *extra,
             ],
             stdout=subprocess.DEVNULL,
@@ -76,9 +81,11 @@ class RedisServer:
             try:
                 client.ping()
                 break
-            except Exception:
+            except Exception as exc:
                 if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start on {self.port}")
+                    raise RuntimeError(
+                        f"redis-server did not start on {self.port}"
+                    ) from exc
                 time.sleep(0.02)
             finally:
                 client.close()
@@ -114,8 +121,9 @@ def redis_server_url() -> Iterator[str | None]:
 def real_redis_url(redis_server_url: str | None) -> str:
     """A real, empty Redis; skips (or fails in CI) without one."""
     if redis_server_url is None:
-        missing_server("no Redis server: install redis-server or set"
-                       " MESSAGING_TEST_REDIS_URL")
+        missing_server(
+            "no Redis server: install redis-server or set MESSAGING_TEST_REDIS_URL"
+        )
     assert redis_server_url is not None
     client = Redis.from_url(redis_server_url)
     client.flushdb()

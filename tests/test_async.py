@@ -112,8 +112,9 @@ def test_all_jobs_of_one_publish_go_in_one_round_trip(
     broker = state.broker
     broker.subscribe_async(Ping, handle_a, queue_name=HIGH_PRIORITY)
     broker.subscribe_async(Ping, handle_b, queue_name=LOW_PRIORITY)
-    broker.subscribe_async(Ping, handle_c, queue_name=LOW_PRIORITY,
-                           predicate=lambda e: e.value > 1)
+    broker.subscribe_async(
+        Ping, handle_c, queue_name=LOW_PRIORITY, predicate=lambda e: e.value > 1
+    )
     broker.publish(Ping(2))  # RQ asks each queue's server version once
     CountingConnection.round_trips = 0
     broker.publish(Ping(2))
@@ -169,7 +170,8 @@ def test_per_subscription_retry_overrides_the_config(
     state.broker.publish(Ping(1))
     retries = {
         job[b"description"].split(b":")[-1]: (
-            job.get(b"retries_left"), job.get(b"retry_intervals")
+            job.get(b"retries_left"),
+            job.get(b"retry_intervals"),
         )
         for job in job_hashes(state.redis)
     }

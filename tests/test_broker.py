@@ -77,8 +77,9 @@ def test_route_is_computed_once_per_type_and_refreshed_on_subscribe() -> None:
 def test_predicate_filters_before_the_handler() -> None:
     broker = MemoryBroker()
     premium: list[float] = []
-    broker.subscribe(Price, lambda e: premium.append(e.amount),
-                     predicate=lambda e: e.amount > 100)
+    broker.subscribe(
+        Price, lambda e: premium.append(e.amount), predicate=lambda e: e.amount > 100
+    )
     for amount in (50.0, 150.0, 100.0, 101.0):
         broker.publish(Price(amount))
     assert premium == [150.0, 101.0]
@@ -162,7 +163,8 @@ def test_bad_subscribe_arguments_are_clear_errors(kwargs: dict, match: str) -> N
     arguments = {"message_type": Price, "handler": print, **kwargs}
     with pytest.raises(TypeError, match=match):
         MemoryBroker().subscribe(
-            arguments["message_type"], arguments["handler"],
+            arguments["message_type"],
+            arguments["handler"],
             predicate=arguments.get("predicate"),
         )
 

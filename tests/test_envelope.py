@@ -58,7 +58,12 @@ def test_envelope_carries_metadata() -> None:
     message_id, data = codec.encode(Amount(3.0))
     raw = json.loads(data)
     assert set(raw) == {
-        "id", "type", "version", "occurred_at", "correlation_id", "payload"
+        "id",
+        "type",
+        "version",
+        "occurred_at",
+        "correlation_id",
+        "payload",
     }
     assert raw["id"] == message_id
     assert raw["type"] == "tests.amount"
@@ -123,7 +128,9 @@ def test_non_frozen_message_is_refused_at_encode_time() -> None:
 
 def test_unknown_type_is_a_clear_decode_error() -> None:
     envelope = Envelope(
-        id="x", type="nobody.knows", version=1,
+        id="x",
+        type="nobody.knows",
+        version=1,
         occurred_at=datetime.datetime.now(datetime.UTC),
         payload=msgspec.Raw(b"{}"),
     )

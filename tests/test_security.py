@@ -68,7 +68,9 @@ def publish_ping(app: Flask, value: int = 1) -> tuple[Redis, str]:
 def test_tampered_payload_is_refused_and_not_retried(
     make_app: Callable[..., Flask],
 ) -> None:
-    app = make_app(worker_app.messaging, MESSAGING_RETRY=3, MESSAGING_RETRY_INTERVALS=[0])
+    app = make_app(
+        worker_app.messaging, MESSAGING_RETRY=3, MESSAGING_RETRY_INTERVALS=[0]
+    )
     redis, key = publish_ping(app, 1)
     data = read_data(redis, key)
     data[2][1] = data[2][1].replace('"value":1', '"value":1000')
@@ -106,8 +108,10 @@ def test_swapped_job_function_is_never_imported_or_run(
 ) -> None:
     sentinel = tmp_path / "pwned"
     redis, key = publish_ping(app)
-    command = f"touch {sentinel}" if function != "builtins.exec" else (
-        f"open({str(sentinel)!r}, 'w').close()"
+    command = (
+        f"touch {sentinel}"
+        if function != "builtins.exec"
+        else (f"open({str(sentinel)!r}, 'w').close()")
     )
     write_data(redis, key, [function, None, [command], {}])
     drain(app)
@@ -120,11 +124,14 @@ def test_swapped_job_function_is_never_imported_or_run(
 def test_callbacks_added_to_a_job_are_refused(app: Flask, tmp_path: Path) -> None:
     sentinel = tmp_path / "pwned"
     redis, key = publish_ping(app)
-    redis.hset(key, mapping={
-        "success_callback_name": "os.system",
-        "failure_callback_name": "os.system",
-        "stopped_callback_name": "os.system",
-    })
+    redis.hset(
+        key,
+        mapping={
+            "success_callback_name": "os.system",
+            "failure_callback_name": "os.system",
+            "stopped_callback_name": "os.system",
+        },
+    )
     drain(app)
     assert not sentinel.exists()
     assert handled(redis) == []

@@ -1,0 +1,70 @@
+"""MESSAGING_REDIS_URL = "memory://": the whole async path in one process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from flask import Flask
+from rq.registry import FailedJobRegistry
+
+from flask_messaging import get_message_broker
+from flask_messaging.extension import get_state
+from flask_messaging.queue_names import HIGH_PRIORITY
+from flask_messaging.serializer import JSONSerializer
+
+from . import worker_app
+from .worker_app import ATTEMPTS, Boom, Ping, handled
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_messages_flow_through_rq_in_a_worker_thread(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app(worker_app.messaging, MESSAGING_REDIS_URL="memory://")
+    state = get_state(app)
+    assert state.embedded_worker is None  # started by the first job
+    with app.app_context():
+        get_message_broker().publish(Ping(1))
+        get_message_broker().publish(Ping(2))
+    wait_for(lambda: len(handled(state.redis)) == 2)
+    entries = handled(state.redis)
+    assert [e["value"] for e in entries] == [1, 2]
+    assert all(e["app"] == app.name and e["message_id"] for e in entries)
+    assert state.embedded_worker is not None and state.embedded_worker.running
+    names = {thread.name for thread in threading.enumerate()}
+    assert "flask-messaging-worker" in names
+    state.embedded_worker.stop()
+    assert not state.embedded_worker.running
+
+
+def test_retries_with_an_interval_are_scheduled_in_process(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app(
+        worker_app.messaging,
+        MESSAGING_REDIS_URL="memory://",
+        MESSAGING_RETRY_INTERVALS=[1],
+    )
+    state = get_state(app)
+    with app.app_context():
+        get_message_broker().publish(Boom("later"))
+    registry = FailedJobRegistry(
+        HIGH_PRIORITY, connection=state.redis, serializer=JSONSerializer
+    )
+    wait_for(lambda: registry.count == 1)
+    assert int(state.redis.get(ATTEMPTS) or 0) == 2
+
+
+def test_apps_on_memory_do_not_share_data(make_app: Callable[..., Flask]) -> None:
+    first = make_app(MESSAGING_REDIS_URL="memory://")
+    second = make_app(MESSAGING_REDIS_URL="memory://")
+    get_state(first).redis.set("k", "1")
+    assert get_state(second).redis.get("k") is None
