@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import typing
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -226,6 +227,13 @@ def async_handler_key(handler: Handler) -> str:
         raise ValueError(
             f"Cannot subscribe the bound method {key} asynchronously; subscribe a"
             " module-level function, or pass name='...'."
+        )
+    if key.startswith("__main__:"):
+        warnings.warn(
+            f"The async handler {key} is defined in a script run as __main__;"
+            " a worker that imports that module by its name will not find it."
+            " Pass name='...' to subscribe_async, or move the handler to a module.",
+            stacklevel=4,
         )
     return key
 
