@@ -265,16 +265,22 @@ def test_cross_component_communication(app: Flask) -> None:
 def test_event_sourcing_replays_in_order() -> None:
     broker = TestBroker()
     balances: dict[str, float] = {}
-    broker.subscribe(AccountCreated,
-                     lambda e: balances.__setitem__(e.account_id, e.initial_balance))
-    broker.subscribe(MoneyDeposited,
-                     lambda e: balances.__setitem__(e.account_id,
-                                                    balances[e.account_id] + e.amount))
-    broker.subscribe(MoneyWithdrawn,
-                     lambda e: balances.__setitem__(e.account_id,
-                                                    balances[e.account_id] - e.amount))
-    for event in (AccountCreated("a", 10.0), MoneyDeposited("a", 5.0),
-                  MoneyWithdrawn("a", 3.0)):
+    broker.subscribe(
+        AccountCreated, lambda e: balances.__setitem__(e.account_id, e.initial_balance)
+    )
+    broker.subscribe(
+        MoneyDeposited,
+        lambda e: balances.__setitem__(e.account_id, balances[e.account_id] + e.amount),
+    )
+    broker.subscribe(
+        MoneyWithdrawn,
+        lambda e: balances.__setitem__(e.account_id, balances[e.account_id] - e.amount),
+    )
+    for event in (
+        AccountCreated("a", 10.0),
+        MoneyDeposited("a", 5.0),
+        MoneyWithdrawn("a", 3.0),
+    ):
         broker.publish(event)
     broker.process_messages()
     assert balances == {"a": 12.0}
