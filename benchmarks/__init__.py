@@ -1,0 +1,1 @@
+"""Benchmarks: each runs an anchor and flask-messaging side by side."""
