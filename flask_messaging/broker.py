@@ -134,13 +134,14 @@ class MessageBroker:
     def publish(self, message: Message) -> None:
         raise NotImplementedError
 
-    def _deliver_sync(
+    def deliver_sync(
         self,
         message: Message,
         subscriptions: Sequence[Subscription],
         message_id: str | None,
         errors: list[Exception] | None,
     ) -> list[Exception] | None:
+        """Call each matching sync subscriber; add failures to ``errors``."""
         for subscription in subscriptions:
             try:
                 predicate = subscription.predicate
@@ -195,23 +196,25 @@ class MemoryBroker(MessageBroker):
             # subscriber has seen it.
             message_id, data = codec.encode(message, max_bytes=self.max_message_bytes)
         if route.sync:
-            errors = self._deliver_sync(message, route.sync, message_id, errors)
+            errors = self.deliver_sync(message, route.sync, message_id, errors)
         if data is not None and message_id is not None:
-            errors = self.send_jobs(message, route.async_, data, message_id, errors)
+            errors = self.send_jobs(message, data, message_id, errors)
         if errors:
             raise_failures(_name(message), errors)
 
-    def send_jobs(
+    def async_deliveries(
         self,
         message: Message,
-        subscriptions: Sequence[Subscription],
-        data: bytes,
         message_id: str,
+        data: bytes,
         errors: list[Exception] | None = None,
-    ) -> list[Exception] | None:
-        """Enqueue one job per async subscription whose predicate matches."""
+    ) -> tuple[list[Delivery], list[Exception] | None]:
+        """One delivery per async subscription whose predicate matches.
+
+        A predicate that raises counts as its subscriber's failure.
+        """
         deliveries = []
-        for subscription in subscriptions:
+        for subscription in self.registry.route(type(message)).async_:
             try:
                 if subscription.matches(message):
                     deliveries.append(
@@ -221,6 +224,17 @@ class MemoryBroker(MessageBroker):
                 errors = record_failure(
                     errors, subscription, _name(message), message_id, exc
                 )
+        return deliveries, errors
+
+    def send_jobs(
+        self,
+        message: Message,
+        data: bytes,
+        message_id: str,
+        errors: list[Exception] | None = None,
+    ) -> list[Exception] | None:
+        """Enqueue one job per async subscription whose predicate matches."""
+        deliveries, errors = self.async_deliveries(message, message_id, data, errors)
         if deliveries:
             if self.jobs is None:
                 raise RuntimeError(
@@ -315,7 +329,7 @@ class TestBroker(MessageBroker):
         route = self.registry.route(type(original))
         errors: list[Exception] | None = None
         with codec.handling(envelope):
-            errors = self._deliver_sync(
+            errors = self.deliver_sync(
                 codec.decode(envelope), route.sync, envelope.id, errors
             )
         for subscription in route.async_:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import threading
 from collections.abc import Sequence
 
 import click
@@ -147,3 +150,39 @@ def worker_command(
     )
     if status:
         raise SystemExit(status)
+
+
+@messaging_cli.command("relay")
+@click.option("--once", is_flag=True, help="Relay what is due, then exit.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0),
+    help="Seconds between passes (default MESSAGING_RELAY_INTERVAL).",
+)
+@with_appcontext
+def relay_command(once: bool, interval: float | None) -> None:
+    """Enqueue outbox events that were committed but not enqueued.
+
+    Events are enqueued right after their commit; this finds those left behind
+    by a Redis outage or a crash, marks relayed rows and prunes old ones. Run
+    one or more beside the workers (PostgreSQL: any number; SQLite: one).
+    """
+    from .outbox import Relay
+
+    try:
+        relay = Relay(get_state())
+    except RuntimeError as exc:
+        raise click.UsageError(str(exc)) from None
+    if once:
+        try:
+            count = relay.run_once()
+        except Exception as exc:
+            raise click.ClickException(f"Relay failed: {exc}") from None
+        click.echo(f"Relayed {count} message(s).")
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo("Relaying the outbox; Ctrl+C to stop.")
+    relay.run(stop, interval)

@@ -9,7 +9,7 @@ from typing import Any
 from .jobs import JobOptions
 from .queue_names import PRIORITY_ORDER
 
-__all__ = ["DEFAULTS", "Settings"]
+__all__ = ["DEFAULTS", "OutboxSettings", "Settings"]
 
 _DEFAULT_JOBS = JobOptions()
 
@@ -27,7 +27,28 @@ DEFAULTS: Mapping[str, Any] = {
     "MESSAGING_MAX_MESSAGE_BYTES": 1024 * 1024,
     "MESSAGING_SIGNING_KEY": None,
     "MESSAGING_SIGNING_FALLBACK_KEYS": None,
+    "MESSAGING_OUTBOX": True,
+    "MESSAGING_OUTBOX_TABLE": "messaging_outbox",
+    "MESSAGING_OUTBOX_RETENTION": 7 * 24 * 3600,
+    "MESSAGING_RELAY_DELAY": 10,
+    "MESSAGING_RELAY_INTERVAL": 1.0,
+    "MESSAGING_RELAY_BATCH_SIZE": 500,
 }
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    """How the outbox is kept and relayed."""
+
+    enabled: bool
+    table: str
+    #: Seconds relayed rows are kept before the relay deletes them.
+    retention: int
+    #: Seconds the relay leaves a new row to the process that committed it.
+    relay_delay: float
+    #: Seconds the relay sleeps when there is nothing to do.
+    relay_interval: float
+    relay_batch_size: int
 
 
 @dataclass(frozen=True)
@@ -39,6 +60,7 @@ class Settings:
     is_async: bool
     jobs: JobOptions
     max_message_bytes: int | None
+    outbox: OutboxSettings
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -56,6 +78,16 @@ class Settings:
             ),
             max_message_bytes=_optional_count(
                 config, "MESSAGING_MAX_MESSAGE_BYTES", minimum=1
+            ),
+            outbox=OutboxSettings(
+                enabled=_boolean(config, "MESSAGING_OUTBOX"),
+                table=_string(config, "MESSAGING_OUTBOX_TABLE"),
+                retention=_count(config, "MESSAGING_OUTBOX_RETENTION", minimum=0),
+                relay_delay=_seconds(config, "MESSAGING_RELAY_DELAY"),
+                relay_interval=_seconds(config, "MESSAGING_RELAY_INTERVAL"),
+                relay_batch_size=_count(
+                    config, "MESSAGING_RELAY_BATCH_SIZE", minimum=1
+                ),
             ),
         )
 
@@ -83,6 +115,13 @@ def _count(config: Mapping[str, Any], key: str, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise _bad(key, value, f"an integer >= {minimum}")
     return value
+
+
+def _seconds(config: Mapping[str, Any], key: str) -> float:
+    value = config[key]
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise _bad(key, value, "a number of seconds >= 0")
+    return float(value)
 
 
 def _optional_count(config: Mapping[str, Any], key: str, minimum: int) -> int | None:

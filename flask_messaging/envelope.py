@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextvars
 import datetime
-import uuid
+import random
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -58,8 +60,34 @@ class Encoded(NamedTuple):
     data: bytes
 
 
+# Ids need uniqueness, not secrecy; the random module reseeds after fork.
+_random_bits = random.getrandbits
+_last_ms = 0
+_sequence = 0
+_id_lock = threading.Lock()
+
+
 def new_message_id() -> str:
-    return uuid.uuid4().hex
+    """A new message id: 32 hex digits of a UUIDv7 (RFC 9562).
+
+    Ids start with the millisecond they were made in, so a table keyed by them
+    (the outbox) is appended to in order; a per-process counter keeps ids of
+    one process increasing within a millisecond.
+    """
+    global _last_ms, _sequence
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms > _last_ms:
+            _last_ms, _sequence = ms, _random_bits(9)
+        else:  # same millisecond, or the clock went back: keep increasing
+            _sequence += 1
+            if _sequence > 0xFFF:
+                _last_ms, _sequence = _last_ms + 1, 0
+            ms = _last_ms
+        sequence = _sequence
+    rand_b = _random_bits(62)
+    value = (ms << 80) | (0x7 << 76) | (sequence << 64) | (0b10 << 62) | rand_b
+    return f"{value:032x}"
 
 
 def current_envelope() -> Envelope | None:

@@ -25,6 +25,7 @@ from .subscription import (
 )
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
     from redis import Redis
 
     from .embedded import EmbeddedWorker
@@ -41,6 +42,15 @@ class MessagingState:
         self.app = app
         self.db = db
         self.settings = Settings.from_config(app.config)
+        #: The outbox table, when a database is bound and MESSAGING_OUTBOX is on.
+        self.outbox: sa.Table | None = None
+        if db is not None:
+            from . import transaction
+            from .outbox import outbox_table
+
+            transaction.bind(db)
+            if self.settings.outbox.enabled:
+                self.outbox = outbox_table(db.metadata, self.settings.outbox.table)
         self.registry = SubscriptionRegistry()
         self.embedded_worker: EmbeddedWorker | None = None
         jobs: RQJobs | InlineJobs
@@ -56,6 +66,11 @@ class MessagingState:
         self.broker = MemoryBroker(
             self.registry, jobs=jobs, max_message_bytes=self.settings.max_message_bytes
         )
+
+    @property
+    def writes_outbox(self) -> bool:
+        """Whether committed events are stored in the outbox (not in tests)."""
+        return self.outbox is not None and isinstance(self.jobs, RQJobs)
 
     def queue_names(self) -> tuple[str, ...]:
         """Queues workers listen on by default, highest priority first.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -122,6 +123,113 @@ class RQJobs:
             self.queue(name).enqueue_many(datas, pipeline=pipe)
         if pipeline is None:
             pipe.execute()
+
+    def enqueue_once(
+        self,
+        messages: Sequence[tuple[str, Sequence[Delivery]]],
+        relayed_key: str | None = None,
+    ) -> list[bool]:
+        """Enqueue each message's deliveries unless that message was already.
+
+        ``messages`` pairs a message id with its deliveries (possibly none). A
+        marker per message id, set in the same atomic script as the jobs,
+        makes a second attempt (a relay racing the committing process, two
+        relays) enqueue nothing. With ``relayed_key``, each message id is also
+        appended to that list, for the relay to mark its outbox row. One round
+        trip per :data:`SCRIPT_BATCH` messages, all in one pipeline.
+
+        :return: per message, whether this call enqueued it.
+        """
+        connection = self._connection()
+        # RQ writes each job through a pipeline: record the commands it would
+        # send, to replay them inside the script only for unmarked messages.
+        recorder = connection.pipeline(transaction=False)
+        groups: list[tuple[str, list[tuple[Any, ...]]]] = []
+        for message_id, deliveries in messages:
+            start = len(recorder.command_stack)
+            if deliveries:
+                self.enqueue(deliveries, pipeline=recorder)
+            commands = [args for args, _ in recorder.command_stack[start:]]
+            groups.append((message_id, commands))
+        recorder.reset()
+        pipe = connection.pipeline(transaction=False)
+        for start in range(0, len(groups), SCRIPT_BATCH):
+            keys, args = _script_arguments(groups[start : start + SCRIPT_BATCH])
+            if relayed_key is not None:
+                keys.append(relayed_key)
+            _enqueue_once_script(keys=keys, args=args, client=pipe)
+        results = pipe.execute()
+        # Replies alternate: SCRIPT LOAD's, then the script's flags.
+        return [bool(flag) for flags in results[1::2] for flag in flags]
+
+
+#: Messages per script call: bounds the size of one script's arguments.
+SCRIPT_BATCH = 200
+
+#: Seconds a "this message was enqueued" marker lives: far longer than any
+#: pause between a commit and its enqueue, or than a relay pass.
+MARKER_TTL = 3600
+
+MARKER_PREFIX = "flask_messaging:enqueued:"
+
+_ENQUEUE_ONCE = """
+-- KEYS: one marker key per message, then optionally the relayed list.
+-- ARGV: marker ttl, message count, then per message: its id, its command
+-- count, and per command: its argument count and arguments.
+local ttl = ARGV[1]
+local count = tonumber(ARGV[2])
+local relayed = KEYS[count + 1]
+local at = 3
+local result = {}
+for m = 1, count do
+  local message_id = ARGV[at]
+  local commands = tonumber(ARGV[at + 1])
+  at = at + 2
+  local fresh = redis.call('SET', KEYS[m], '1', 'NX', 'EX', ttl)
+  for c = 1, commands do
+    local size = tonumber(ARGV[at])
+    if fresh then
+      redis.call(unpack(ARGV, at + 1, at + size))
+    end
+    at = at + size + 1
+  end
+  if fresh and relayed then
+    redis.call('RPUSH', relayed, message_id)
+  end
+  result[m] = fresh and 1 or 0
+end
+return result
+"""
+
+
+class _Script:
+    """A Lua script run by EVALSHA, loaded on first use per server."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, keys: list[str], args: list[Any], client: Any) -> None:
+        # In a pipeline the NOSCRIPT error would only show at execute():
+        # SCRIPT LOAD first is idempotent and cheap.
+        client.script_load(self.source)
+        client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+_enqueue_once_script = _Script(_ENQUEUE_ONCE)
+
+
+def _script_arguments(
+    groups: Sequence[tuple[str, list[tuple[Any, ...]]]],
+) -> tuple[list[str], list[Any]]:
+    keys = [MARKER_PREFIX + message_id for message_id, _ in groups]
+    args: list[Any] = [MARKER_TTL, len(groups)]
+    for message_id, commands in groups:
+        args += (message_id, len(commands))
+        for command in commands:
+            args.append(len(command))
+            args += command
+    return keys, args
 
 
 class InlineJobs:

@@ -1,0 +1,284 @@
+"""Events that leave only when the database transaction commits.
+
+:func:`register_event` attaches a message to the current transaction of the
+app's Flask-SQLAlchemy session. When the outermost transaction commits, the
+message is delivered: sync subscribers right after the commit, async ones
+through the outbox (or straight to RQ when ``MESSAGING_OUTBOX`` is off). A
+rollback discards it; so does rolling back the savepoint it was registered in.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, SessionTransaction
+
+from . import envelope as codec
+from .broker import MessageBroker, active_override
+from .errors import DeliveryError, raise_failures
+from .extension import get_state
+from .jobs import InlineJobs
+from .message import Message
+from .outbox import RELAYED_KEY, outbox_rows
+
+if TYPE_CHECKING:
+    from .extension import MessagingState
+    from .jobs import Delivery
+
+__all__ = ["register_event", "transactional"]
+
+logger = logging.getLogger("flask_messaging")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_EVENTS = "flask_messaging.events"
+_DEPTH = "flask_messaging.transactional_depth"
+
+
+@dataclass(slots=True)
+class PendingEvent:
+    """A registered message waiting for its transaction to commit."""
+
+    message: Message
+    message_id: str
+    #: The encoded envelope, made when the event was registered.
+    data: bytes
+    #: The transaction (a savepoint, or the root) it was registered in.
+    transaction: SessionTransaction | None
+
+
+@dataclass(slots=True)
+class _SessionEvents:
+    pending: list[PendingEvent] = field(default_factory=list)
+    committed: bool = False
+    #: Decided when the outermost transaction is about to commit.
+    override: MessageBroker | None = None
+
+
+def register_event(message: Message) -> None:
+    """Deliver ``message`` if, and once, the current transaction commits.
+
+    The message is validated and encoded at once, so a bad message fails
+    inside the transaction. Events are delivered in registration order.
+
+    :raises RuntimeError: the app has no database bound to messaging.
+    :raises TypeError, MessageEncodeError: the message cannot be sent.
+    """
+    state = get_state()
+    session = _session(state)
+    message_id, data = codec.encode(message, max_bytes=state.settings.max_message_bytes)
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    events = session.info.get(_EVENTS)
+    if events is None:
+        events = session.info[_EVENTS] = _SessionEvents()
+    events.pending.append(PendingEvent(message, message_id, data, transaction))
+
+
+def transactional(func: Callable[Concatenate[Session, P], R]) -> Callable[P, R]:
+    """Run ``func`` in a transaction of the app's session, passed first.
+
+    Commits when ``func`` returns, rolls back and re-raises when it raises.
+    Called inside another ``@transactional`` function (or a savepoint), it
+    joins that transaction: only the outermost commits.
+
+    .. code-block:: python
+
+        @transactional
+        def create_user(session: Session, email: str) -> User:
+            user = User(email=email)
+            session.add(user)
+            session.flush()
+            register_event(UserRegistered(user_id=str(user.id), email=email))
+            return user
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        session = _session(get_state())
+        depth = session.info.get(_DEPTH, 0)
+        if depth or session.in_nested_transaction():
+            session.info[_DEPTH] = depth + 1
+            try:
+                return func(session, *args, **kwargs)
+            finally:
+                session.info[_DEPTH] = depth
+        session.info[_DEPTH] = 1
+        try:
+            result = func(session, *args, **kwargs)
+            session.commit()
+            return result
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.info[_DEPTH] = 0
+
+    return wrapper
+
+
+def _session(state: MessagingState) -> Session:
+    if state.db is None:
+        raise RuntimeError(
+            "register_event and @transactional need the app's database: call"
+            " messaging.init_app(app, db=db) with your Flask-SQLAlchemy object."
+        )
+    session: Session = state.db.session()
+    return session
+
+
+# --------------------------------------------------------------------------
+# Session events. Listeners are installed once per session factory; they find
+# the app through the app context the session is used in.
+
+_bound: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def bind(db: Any) -> None:
+    """Follow the transactions of ``db.session`` (a Flask-SQLAlchemy object)."""
+    target = db.session
+    if target in _bound:
+        return
+    _bound.add(target)
+    sa.event.listen(target, "before_commit", _before_commit)
+    sa.event.listen(target, "after_commit", _after_commit)
+    sa.event.listen(target, "after_soft_rollback", _after_soft_rollback)
+    sa.event.listen(target, "after_transaction_end", _after_transaction_end)
+
+
+def _before_commit(session: Session) -> None:
+    if session.get_nested_transaction() is not None:
+        return  # a savepoint being released: nothing leaves yet
+    events = session.info.get(_EVENTS)
+    if events is None or not events.pending:
+        return
+    events.override = active_override()
+    state = get_state()
+    if events.override is None and state.writes_outbox:
+        assert state.outbox is not None
+        # Stored with the data, in the same transaction: committed together.
+        session.execute(
+            sa.insert(state.outbox),
+            outbox_rows(events.pending, state.settings.outbox.relay_delay),
+        )
+
+
+def _after_commit(session: Session) -> None:
+    if session.get_nested_transaction() is None:
+        events = session.info.get(_EVENTS)
+        if events is not None:
+            events.committed = True
+
+
+def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
+    events = session.info.get(_EVENTS)
+    if events is None or not events.pending:
+        return
+    if previous.parent is None:
+        events.pending.clear()
+        return
+    events.pending = [
+        e for e in events.pending if not _registered_within(e.transaction, previous)
+    ]
+
+
+def _registered_within(
+    transaction: SessionTransaction | None, ancestor: SessionTransaction
+) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is not None:
+        return  # a savepoint or an internal subtransaction
+    events = session.info.pop(_EVENTS, None)
+    if events is None or not events.pending:
+        return
+    if not events.committed:
+        names = ", ".join(
+            f"{type(e.message).__message_name__} {e.message_id}" for e in events.pending
+        )
+        warnings.warn(
+            f"The session was closed without commit or rollback: discarded"
+            f" {len(events.pending)} registered event(s): {names}.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return
+    # The transaction is over: subscribers may use the session again, and
+    # even commit new transactions (their events are delivered on their own).
+    if events.override is not None:
+        _publish_to(events.override, events.pending)
+    else:
+        _deliver(get_state(), events.pending)
+
+
+def _publish_to(broker: MessageBroker, pending: list[PendingEvent]) -> None:
+    errors: list[Exception] = []
+    for event in pending:
+        try:
+            broker.publish(event.message)
+        except DeliveryError as group:
+            errors.extend(group.exceptions)
+    if errors:
+        raise_failures(type(pending[0].message).__message_name__, errors)
+
+
+def _deliver(state: MessagingState, pending: list[PendingEvent]) -> None:
+    broker = state.broker
+    errors: list[Exception] | None = None
+    for event in pending:
+        route = broker.registry.route(type(event.message))
+        if route.sync:
+            errors = broker.deliver_sync(
+                event.message, route.sync, event.message_id, errors
+            )
+    messages: list[tuple[str, list[Delivery]]] = []
+    for event in pending:
+        deliveries, errors = broker.async_deliveries(
+            event.message, event.message_id, event.data, errors
+        )
+        messages.append((event.message_id, deliveries))
+    jobs = state.jobs
+    if isinstance(jobs, InlineJobs):
+        try:
+            jobs.enqueue([d for _, deliveries in messages for d in deliveries])
+        except DeliveryError as group:
+            errors = [*(errors or ()), *group.exceptions]
+    elif state.writes_outbox:
+        try:
+            jobs.enqueue_once(messages, relayed_key=RELAYED_KEY)
+        except Exception:
+            logger.warning(
+                "Could not enqueue %d committed message(s) (%s); they wait in the"
+                " outbox for 'flask messaging relay'.",
+                len(messages),
+                ", ".join(m for m, _ in messages),
+                exc_info=True,
+            )
+    else:
+        deliveries = [d for _, ds in messages for d in ds]
+        if deliveries:
+            try:
+                jobs.enqueue(deliveries)
+            except Exception:
+                logger.error(
+                    "Lost %d committed message(s) (%s): Redis could not be reached"
+                    " and MESSAGING_OUTBOX is off.",
+                    len(messages),
+                    ", ".join(m for m, _ in messages),
+                    exc_info=True,
+                )
+    if errors:
+        raise_failures(type(pending[0].message).__message_name__, errors)
