@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from rq import Queue, Retry
+from rq.utils import now as utcnow
+from rq.utils import utcformat
 
 from .serializer import JSONSerializer
 from .signing import Signer
@@ -69,7 +74,13 @@ def job_description(delivery: Delivery) -> str:
 
 
 class RQJobs:
-    """Writes one RQ job per delivery, all in one Redis round trip."""
+    """Writes one RQ job per delivery, all in one Redis round trip.
+
+    Jobs are exactly what RQ's own ``Queue.enqueue_many`` writes: the commands
+    it sends for a job are recorded once per subscription, then replayed with
+    each delivery's id, data and timestamps. That skips building an RQ
+    ``Job`` object per message, most of the cost of enqueueing.
+    """
 
     def __init__(
         self,
@@ -81,6 +92,7 @@ class RQJobs:
         self._signer = signer
         self.options = options
         self._queues: dict[str, Queue] = {}
+        self._templates: dict[Subscription, _JobTemplate] = {}
 
     def queue(self, name: str) -> Queue:
         queue = self._queues.get(name)
@@ -90,39 +102,69 @@ class RQJobs:
             )
         return queue
 
+    def commands(self, deliveries: Sequence[Delivery]) -> list[tuple[Any, ...]]:
+        """The Redis commands that enqueue ``deliveries``."""
+        signer = self._signer()
+        now = utcformat(utcnow())
+        commands: list[tuple[Any, ...]] = []
+        for delivery in deliveries:
+            subscription = delivery.subscription
+            template = self._templates.get(subscription)
+            if template is None:
+                template = self._templates[subscription] = self._record(subscription)
+            envelope = delivery.envelope
+            data = zlib.compress(
+                _data_encoder.encode(
+                    (
+                        DISPATCH_FUNCTION,
+                        None,
+                        (
+                            subscription.key,
+                            envelope.decode(),
+                            signer.sign(subscription.key, envelope),
+                        ),
+                        {},
+                    )
+                )
+            )
+            commands += template.fill(
+                delivery.job_id, data, job_description(delivery), now
+            )
+        return commands
+
     def enqueue(
         self, deliveries: Sequence[Delivery], pipeline: Pipeline | None = None
     ) -> None:
         """Enqueue ``deliveries``; in ``pipeline`` if given (not executed then)."""
-        signer = self._signer()
+        pipe = pipeline if pipeline is not None else self._connection().pipeline()
+        for command in self.commands(deliveries):
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        if pipeline is None:
+            pipe.execute()
+
+    def _record(self, subscription: Subscription) -> _JobTemplate:
+        assert subscription.queue_name is not None
         options = self.options
-        by_queue: dict[str, list[Any]] = {}
-        for delivery in deliveries:
-            subscription = delivery.subscription
-            assert subscription.queue_name is not None
-            envelope = delivery.envelope.decode()
-            by_queue.setdefault(subscription.queue_name, []).append(
+        recorder = self._connection().pipeline(transaction=False)
+        self.queue(subscription.queue_name).enqueue_many(
+            [
                 Queue.prepare_data(
                     DISPATCH_FUNCTION,
-                    args=(
-                        subscription.key,
-                        envelope,
-                        signer.sign(subscription.key, delivery.envelope),
-                    ),
+                    args=(),
                     timeout=subscription.timeout or options.timeout,
                     result_ttl=options.result_ttl,
                     failure_ttl=options.failure_ttl,
                     ttl=options.ttl,
-                    description=job_description(delivery),
-                    job_id=delivery.job_id,
+                    description=_PROTOTYPE_DESCRIPTION,
+                    job_id=_PROTOTYPE_ID,
                     retry=options.retry_for(subscription),
                 )
-            )
-        pipe = pipeline if pipeline is not None else self._connection().pipeline()
-        for name, datas in by_queue.items():
-            self.queue(name).enqueue_many(datas, pipeline=pipe)
-        if pipeline is None:
-            pipe.execute()
+            ],
+            pipeline=recorder,
+        )
+        commands = [args for args, _ in recorder.command_stack]
+        recorder.reset()
+        return _JobTemplate.from_recording(commands)
 
     def enqueue_once(
         self,
@@ -140,19 +182,11 @@ class RQJobs:
 
         :return: per message, whether this call enqueued it.
         """
-        connection = self._connection()
-        # RQ writes each job through a pipeline: record the commands it would
-        # send, to replay them inside the script only for unmarked messages.
-        recorder = connection.pipeline(transaction=False)
-        groups: list[tuple[str, list[tuple[Any, ...]]]] = []
-        for message_id, deliveries in messages:
-            start = len(recorder.command_stack)
-            if deliveries:
-                self.enqueue(deliveries, pipeline=recorder)
-            commands = [args for args, _ in recorder.command_stack[start:]]
-            groups.append((message_id, commands))
-        recorder.reset()
-        pipe = connection.pipeline(transaction=False)
+        groups = [
+            (message_id, self.commands(deliveries))
+            for message_id, deliveries in messages
+        ]
+        pipe = self._connection().pipeline(transaction=False)
         for start in range(0, len(groups), SCRIPT_BATCH):
             keys, args = _script_arguments(groups[start : start + SCRIPT_BATCH])
             if relayed_key is not None:
@@ -161,6 +195,72 @@ class RQJobs:
         results = pipe.execute()
         # Replies alternate: SCRIPT LOAD's, then the script's flags.
         return [bool(flag) for flags in results[1::2] for flag in flags]
+
+
+_PROTOTYPE_ID = "flask-messaging-prototype"
+_PROTOTYPE_DESCRIPTION = "flask-messaging prototype description"
+_data_encoder = msgspec.json.Encoder()
+
+
+class _Slot(enum.Enum):
+    """Where a recorded command takes a per-job value."""
+
+    DATA = "job data"
+    DESCRIPTION = "description"
+    NOW = "timestamp"
+
+
+@dataclass(frozen=True, slots=True)
+class _WithId:
+    """A recorded argument that contains the job id (a key, or the id)."""
+
+    before: str
+    after: str
+
+
+@dataclass(frozen=True, slots=True)
+class _JobTemplate:
+    """RQ's commands for one job, with slots for what differs per job."""
+
+    commands: tuple[tuple[Any, ...], ...]
+
+    @classmethod
+    def from_recording(cls, commands: list[tuple[Any, ...]]) -> _JobTemplate:
+        slotted = []
+        for command in commands:
+            args: list[Any] = []
+            for i, arg in enumerate(command):
+                previous = command[i - 1] if i else None
+                if isinstance(arg, enum.Enum):
+                    arg = arg.value
+                if arg == _PROTOTYPE_DESCRIPTION:
+                    args.append(_Slot.DESCRIPTION)
+                elif isinstance(arg, str) and _PROTOTYPE_ID in arg:
+                    args.append(_WithId(*arg.split(_PROTOTYPE_ID, 1)))
+                elif previous == "data" and isinstance(arg, bytes):
+                    args.append(_Slot.DATA)
+                elif previous in ("created_at", "enqueued_at"):
+                    args.append(_Slot.NOW)
+                else:
+                    args.append(arg)
+            slotted.append(tuple(args))
+        return cls(tuple(slotted))
+
+    def fill(
+        self, job_id: str, data: bytes, description: str, now: str
+    ) -> list[tuple[Any, ...]]:
+        values = {_Slot.DATA: data, _Slot.DESCRIPTION: description, _Slot.NOW: now}
+        return [
+            tuple(
+                values[a]
+                if isinstance(a, _Slot)
+                else a.before + job_id + a.after
+                if isinstance(a, _WithId)
+                else a
+                for a in command
+            )
+            for command in self.commands
+        ]
 
 
 #: Messages per script call: bounds the size of one script's arguments.

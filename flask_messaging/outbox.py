@@ -116,6 +116,12 @@ class Relay:
         self.jobs = state.jobs
         self.table = state.outbox
         self.settings = state.settings.outbox
+        if not sa.inspect(self.engine).has_table(self.table.name):
+            raise RuntimeError(
+                f"The outbox table {self.table.name!r} does not exist: create it"
+                " with db.create_all() or a migration (its columns are listed in"
+                " the flask_messaging.outbox documentation)."
+            )
 
     @property
     def engine(self) -> sa.Engine:

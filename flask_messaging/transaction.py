@@ -59,6 +59,7 @@ class PendingEvent:
 class _SessionEvents:
     pending: list[PendingEvent] = field(default_factory=list)
     committed: bool = False
+    rolled_back: bool = False
     #: Decided when the outermost transaction is about to commit.
     override: MessageBroker | None = None
 
@@ -76,6 +77,11 @@ def register_event(message: Message) -> None:
     session = _session(state)
     message_id, data = codec.encode(message, max_bytes=state.settings.max_message_bytes)
     transaction = session.get_nested_transaction() or session.get_transaction()
+    if transaction is None:
+        # Begin the session's transaction now, as any query would: a rollback
+        # before the first query must discard this event too.
+        session.connection()
+        transaction = session.get_transaction()
     events = session.info.get(_EVENTS)
     if events is None:
         events = session.info[_EVENTS] = _SessionEvents()
@@ -149,6 +155,7 @@ def bind(db: Any) -> None:
     _bound.add(target)
     sa.event.listen(target, "before_commit", _before_commit)
     sa.event.listen(target, "after_commit", _after_commit)
+    sa.event.listen(target, "after_rollback", _after_rollback)
     sa.event.listen(target, "after_soft_rollback", _after_soft_rollback)
     sa.event.listen(target, "after_transaction_end", _after_transaction_end)
 
@@ -175,6 +182,15 @@ def _after_commit(session: Session) -> None:
         events = session.info.get(_EVENTS)
         if events is not None:
             events.committed = True
+
+
+def _after_rollback(session: Session) -> None:
+    # The database rolled back (this fires before the transaction closes,
+    # unlike after_soft_rollback); with no savepoint open, the whole of it.
+    if session.get_nested_transaction() is None:
+        events = session.info.get(_EVENTS)
+        if events is not None:
+            events.rolled_back = True
 
 
 def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
@@ -204,6 +220,8 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
         return  # a savepoint or an internal subtransaction
     events = session.info.pop(_EVENTS, None)
     if events is None or not events.pending:
+        return
+    if events.rolled_back:
         return
     if not events.committed:
         names = ", ".join(

@@ -118,6 +118,21 @@ def redis_server_url() -> Iterator[str | None]:
 
 
 @pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may stop and start."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        missing_server("redis-server is not installed")
+    assert binary is not None
+    server = RedisServer(binary, str(tmp_path))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def real_redis_url(redis_server_url: str | None) -> str:
     """A real, empty Redis; skips (or fails in CI) without one."""
     if redis_server_url is None:
@@ -178,3 +193,57 @@ def app(make_app: Callable[..., Flask]) -> Iterator[Flask]:
     app = make_app()
     with app.app_context():
         yield app
+
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "MESSAGING_TEST_POSTGRES_URL",
+    "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+)
+POSTGRES_DATABASE = "flask_messaging_test"
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str | None:
+    """A database of the suite's own on the PostgreSQL server, or None."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            exists = connection.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                {"name": POSTGRES_DATABASE},
+            ).scalar()
+            if not exists:
+                connection.execute(sa.text(f'CREATE DATABASE "{POSTGRES_DATABASE}"'))
+    except Exception:
+        return None
+    finally:
+        admin.dispose()
+    return (
+        sa.engine.make_url(POSTGRES_ADMIN_URL)
+        .set(database=POSTGRES_DATABASE)
+        .render_as_string(hide_password=False)
+    )
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str | None) -> str:
+    """The suite's PostgreSQL database; skips (or fails in CI) without one."""
+    if postgres_server_url is None:
+        missing_server(f"no PostgreSQL server at {POSTGRES_ADMIN_URL}")
+    assert postgres_server_url is not None
+    return postgres_server_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_server_url: str | None
+) -> str:
+    """Each test that uses it runs on SQLite and on the real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    if postgres_server_url is None:
+        missing_server(f"no PostgreSQL server at {POSTGRES_ADMIN_URL}")
+    assert postgres_server_url is not None
+    return postgres_server_url

@@ -20,6 +20,7 @@ from flask_messaging import (
     get_message_broker,
 )
 from flask_messaging.dispatch import MessagingJob
+from flask_messaging.envelope import encode as codec_encode
 from flask_messaging.extension import get_state
 from flask_messaging.jobs import DISPATCH_FUNCTION
 from flask_messaging.queue_names import DEFAULT_PRIORITY, HIGH_PRIORITY, LOW_PRIORITY
@@ -215,3 +216,54 @@ def test_jobs_survive_a_signing_key_rotation(make_app: Callable[..., Flask]) -> 
     with new.app_context():
         drain(new)
         assert [e["value"] for e in handled(get_state().redis)] == [5]
+
+
+def test_jobs_are_written_exactly_as_rq_writes_them(
+    make_app: Callable[..., Flask],
+) -> None:
+    from rq import Retry as RQRetry
+
+    from flask_messaging.jobs import Delivery, job_description
+
+    app = make_app(MESSAGING_RETRY=2, MESSAGING_JOB_TTL=600)
+    state = get_state(app)
+    state.broker.subscribe_async(Ping, handle_a, queue_name=LOW_PRIORITY, timeout=42)
+    (subscription,) = state.registry
+    message_id, data = codec_encode(Ping(9))
+    delivery = Delivery(subscription, "tests.ping", message_id, data)
+    ours = state.jobs.commands([delivery])
+
+    recorder = state.redis.pipeline(transaction=False)
+    signature = state.signer.sign(subscription.key, data)
+    Queue(LOW_PRIORITY, connection=state.redis, serializer=JSONSerializer).enqueue_many(
+        [
+            Queue.prepare_data(
+                DISPATCH_FUNCTION,
+                args=(subscription.key, data.decode(), signature),
+                timeout=42,
+                result_ttl=500,
+                failure_ttl=state.settings.jobs.failure_ttl,
+                ttl=600,
+                description=job_description(delivery),
+                job_id=delivery.job_id,
+                retry=RQRetry(max=2, interval=[10, 60, 300]),
+            )
+        ],
+        pipeline=recorder,
+    )
+    theirs = [args for args, _ in recorder.command_stack]
+
+    def normalized(commands: list) -> list:  # type: ignore[type-arg]
+        result = []
+        for command in commands:
+            args = []
+            for i, arg in enumerate(command):
+                if i and command[i - 1] in ("created_at", "enqueued_at"):
+                    arg = "<now>"
+                elif hasattr(arg, "value"):  # RQ's JobStatus enum
+                    arg = arg.value
+                args.append(arg)
+            result.append(tuple(args))
+        return result
+
+    assert normalized(ours) == normalized(theirs)
