@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rq.timeouts import TimerDeathPenalty
 
 from .jobs import Delivery, RQJobs
+from .outbox import Relay
 from .worker import MessagingWorker, make_worker
 
 if TYPE_CHECKING:
@@ -56,7 +58,7 @@ class ThreadWorker(MessagingWorker):
 
 
 class EmbeddedWorker:
-    """A worker thread, and a scheduler thread for retries with intervals."""
+    """A worker thread, and a thread that schedules retries and relays."""
 
     #: Seconds between checks for a stop request and for due retries.
     poll_interval = 1
@@ -104,15 +106,25 @@ class EmbeddedWorker:
 
         from .serializer import JSONSerializer
 
+        state = self._state
         scheduler = RQScheduler(
-            list(self._state.queue_names()),
-            connection=self._state.redis,
-            serializer=JSONSerializer,
+            list(state.queue_names()), connection=state.redis, serializer=JSONSerializer
         )
+        relay = None
+        last_full_pass = time.monotonic()
         while not self._stop.wait(self.poll_interval):
             try:
                 scheduler.acquire_locks()  # type: ignore[no-untyped-call]
                 scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+                if state.writes_outbox:
+                    # Be the outbox's relay too: nothing else shares this Redis.
+                    with state.app.app_context():
+                        relay = relay or Relay(state)
+                        if time.monotonic() - last_full_pass > 60:
+                            relay.run_once()
+                            last_full_pass = time.monotonic()
+                        else:
+                            relay.mark_relayed()
             except Exception:
                 logger.exception("The embedded scheduler failed; retrying.")
 
@@ -127,6 +139,18 @@ class EmbeddedJobs(RQJobs):
 
     def enqueue(self, deliveries: Sequence[Delivery], pipeline: Any = None) -> None:
         super().enqueue(deliveries, pipeline)
+        self._start_worker()
+
+    def enqueue_once(
+        self,
+        messages: Sequence[tuple[str, Sequence[Delivery]]],
+        relayed_key: str | None = None,
+    ) -> list[bool]:
+        enqueued = super().enqueue_once(messages, relayed_key)
+        self._start_worker()
+        return enqueued
+
+    def _start_worker(self) -> None:
         state = self._state
         with self._lock:
             if state.embedded_worker is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from flask import Flask
 from rq.registry import FailedJobRegistry
@@ -68,3 +69,37 @@ def test_apps_on_memory_do_not_share_data(make_app: Callable[..., Flask]) -> Non
     second = make_app(MESSAGING_REDIS_URL="memory://")
     get_state(first).redis.set("k", "1")
     assert get_state(second).redis.get("k") is None
+
+
+def test_committed_events_flow_and_the_outbox_is_kept_in_process(
+    tmp_path: Path,
+) -> None:
+    import sqlalchemy as sa
+
+    from flask_messaging.transaction import register_event
+
+    from .tx_app import UserRegistered, create_app, db
+
+    app = create_app(
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'app.db'}",
+        MESSAGING_REDIS_URL="memory://",
+    )
+    state = get_state(app)
+    with app.app_context():
+        db.create_all()
+        register_event(UserRegistered(user_id=1, email="a@example.com"))
+        db.session.commit()
+        wait_for(lambda: handled(state.redis))
+        assert [e["email"] for e in handled(state.redis)] == ["a@example.com"]
+
+        def relayed() -> bool:
+            with db.engine.connect() as connection:
+                return (
+                    connection.execute(sa.select(state.outbox.c.relayed_at)).scalar()
+                    is not None
+                )
+
+        wait_for(relayed)
+        assert state.embedded_worker is not None
+        state.embedded_worker.stop()
+        db.engine.dispose()
