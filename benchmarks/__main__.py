@@ -8,9 +8,9 @@ import statistics
 from importlib import import_module
 from importlib.metadata import version
 
-from ._support import Row, spread
+from ._support import Row, number, spread
 
-BENCHMARKS = ["codec", "worker_drain"]
+BENCHMARKS = ["codec", "worker_drain", "transactions"]
 
 
 def main() -> None:
@@ -27,23 +27,18 @@ def main() -> None:
     for name in args.names or BENCHMARKS:
         rows.extend(import_module(f"benchmarks.{name}").run(args.repeat))
     header = (
-        f"{'benchmark':52} {'anchor':28} {'anchor/s':>12} {'ours/s':>12}"
+        f"{'benchmark':52} {'anchor':30} {'anchor':>11} {'ours':>11} {'unit':>9}"
         f" {'ratio':>7}  target"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
-        target = (
-            "-"
-            if row.target is None
-            else (f">={row.target:g}x {'met' if row.met else 'MISSED'}")
-        )
         anchor, ours = statistics.median(row.anchor), statistics.median(row.ours)
         print(
-            f"{row.name:52} {row.anchor_name:28} {anchor:>12,.0f} {ours:>12,.0f}"
-            f" {row.ratio:>6.2f}x  {target}"
+            f"{row.name:52} {row.anchor_name:30} {number(anchor):>11}"
+            f" {number(ours):>11} {row.unit:>9} {row.ratio:>6.2f}x  {row.target_text()}"
         )
-        print(f"{'':52} {'spread':28} {spread(row.anchor):>12} {spread(row.ours):>12}")
+        print(f"{'':52} {'spread':30} {spread(row.anchor):>11} {spread(row.ours):>11}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,12 @@ from redis import Redis
 
 @dataclass
 class Row:
-    """One benchmark row: rates (operations per second) of each repetition."""
+    """One benchmark row: a measurement per repetition, anchor and ours.
+
+    Rates (higher is better) by default; latencies set ``lower_is_better``.
+    ``ratio`` is ours over the anchor either way, and ``target`` bounds it
+    from below for rates, from above for latencies.
+    """
 
     name: str
     unit: str
@@ -25,6 +30,7 @@ class Row:
     anchor: list[float]
     ours: list[float]
     target: float | None = None
+    lower_is_better: bool = False
 
     @property
     def ratio(self) -> float:
@@ -32,7 +38,17 @@ class Row:
 
     @property
     def met(self) -> bool | None:
-        return None if self.target is None else self.ratio >= self.target
+        if self.target is None:
+            return None
+        if self.lower_is_better:
+            return self.ratio <= self.target
+        return self.ratio >= self.target
+
+    def target_text(self) -> str:
+        if self.target is None:
+            return "-"
+        sign = "<=" if self.lower_is_better else ">="
+        return f"{sign}{self.target:g}x {'met' if self.met else 'MISSED'}"
 
 
 def rate(count: int, run: Callable[[], object]) -> float:
@@ -42,8 +58,12 @@ def rate(count: int, run: Callable[[], object]) -> float:
     return count / (time.perf_counter() - start)
 
 
+def number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def spread(values: list[float]) -> str:
-    return f"{min(values):,.0f}-{max(values):,.0f}"
+    return f"{number(min(values))}-{number(max(values))}"
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from redis.exceptions import NoScriptError
 from rq import Queue, Retry
 from rq.utils import now as utcnow
 from rq.utils import utcformat
@@ -186,15 +187,14 @@ class RQJobs:
             (message_id, self.commands(deliveries))
             for message_id, deliveries in messages
         ]
-        pipe = self._connection().pipeline(transaction=False)
+        calls = []
         for start in range(0, len(groups), SCRIPT_BATCH):
             keys, args = _script_arguments(groups[start : start + SCRIPT_BATCH])
             if relayed_key is not None:
                 keys.append(relayed_key)
-            _enqueue_once_script(keys=keys, args=args, client=pipe)
-        results = pipe.execute()
-        # Replies alternate: SCRIPT LOAD's, then the script's flags.
-        return [bool(flag) for flags in results[1::2] for flag in flags]
+            calls.append((keys, args))
+        results = _enqueue_once_script.run_all(self._connection(), calls)
+        return [bool(flag) for flags in results for flag in flags]
 
 
 _PROTOTYPE_ID = "flask-messaging-prototype"
@@ -303,17 +303,28 @@ return result
 
 
 class _Script:
-    """A Lua script run by EVALSHA, loaded on first use per server."""
+    """A Lua script run by EVALSHA, loaded when the server does not know it."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    def __call__(self, keys: list[str], args: list[Any], client: Any) -> None:
-        # In a pipeline the NOSCRIPT error would only show at execute():
-        # SCRIPT LOAD first is idempotent and cheap.
-        client.script_load(self.source)
-        client.evalsha(self.sha, len(keys), *keys, *args)
+    def run_all(
+        self, connection: Redis, calls: Sequence[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Run the script once per (keys, args), in one pipeline round trip."""
+        for attempt in range(2):
+            pipe = connection.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(self.sha, len(keys), *keys, *args)
+            try:
+                return pipe.execute()
+            except NoScriptError:
+                # A restarted or flushed server: nothing ran; load and retry.
+                if attempt:
+                    raise
+                connection.script_load(self.source)
+        raise AssertionError("unreachable")
 
 
 _enqueue_once_script = _Script(_ENQUEUE_ONCE)
