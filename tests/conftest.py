@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,19 @@ from flask_messaging import Messaging
 
 REQUIRE_SERVERS = os.environ.get("MESSAGING_TEST_REQUIRE_SERVERS") == "1"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def flask_messaging_command(
+    app: str, *args: str, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen[str]:
+    """Start ``flask --app APP messaging ARGS`` in a process of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", app, "messaging", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        text=True,
+        **popen,
+    )
 
 
 def missing_server(reason: str) -> None:

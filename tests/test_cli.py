@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -20,25 +18,17 @@ from flask_messaging import get_message_broker
 from flask_messaging.extension import get_state
 
 from . import worker_app
-from .conftest import ROOT
+from .conftest import flask_messaging_command
 from .worker_app import Ping, Slow, handled
 
 
-def flask_command(redis_url: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "MESSAGING_REDIS_URL": redis_url,
-        "PYTHONPATH": str(ROOT),
-        "FLASK_APP": "tests.worker_app:create_app",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "flask", "messaging", *args],
-        cwd=ROOT,
-        env=env,
+def flask_command(redis_url: str, *args: str) -> subprocess.Popen[str]:
+    return flask_messaging_command(
+        "tests.worker_app:create_app",
+        *args,
+        env={"MESSAGING_REDIS_URL": redis_url},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
-        **kwargs,
     )
 
 

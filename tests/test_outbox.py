@@ -20,7 +20,7 @@ from flask_messaging.outbox import RELAYED_KEY, Relay
 from flask_messaging.queue_names import LOW_PRIORITY
 from flask_messaging.transaction import register_event
 
-from .conftest import ROOT, RedisServer
+from .conftest import ROOT, RedisServer, flask_messaging_command
 from .tx_app import User, UserRegistered, create_app, db
 from .worker_app import handled
 
@@ -81,23 +81,17 @@ def queued(redis: Redis, queue: str = LOW_PRIORITY) -> int:
 
 
 def flask(
-    database_url: str, redis_url: str, *args: str
+    database_url: str, redis_url: str, *args: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "MESSAGING_REDIS_URL": redis_url,
-        "PYTHONPATH": str(ROOT),
-        "FLASK_APP": "tests.tx_app:create_app",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "messaging", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    process = flask_messaging_command(
+        "tests.tx_app:create_app",
+        *args,
+        env={"DATABASE_URL": database_url, "MESSAGING_REDIS_URL": redis_url, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def test_commit_writes_one_row_per_event_and_enqueues_at_once(app: Flask) -> None:
@@ -208,20 +202,17 @@ def test_two_relays_at_once_enqueue_each_job_once(
         db.session.remove()
     private_redis.start()
     relays = [
-        subprocess.Popen(
-            [sys.executable, "-m", "flask", "messaging", "relay", "--once"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        flask_messaging_command(
+            "tests.tx_app:create_app",
+            "relay",
+            "--once",
             env={
-                **os.environ,
                 "DATABASE_URL": database_url,
                 "MESSAGING_REDIS_URL": private_redis.url,
-                "MESSAGING_RELAY_BATCH_SIZE": "100",
-                "PYTHONPATH": str(ROOT),
-                "FLASK_APP": "tests.tx_app:create_app",
+                "FLASK_MESSAGING_RELAY_BATCH_SIZE": "100",  # ten claims each
             },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         for _ in range(2)
     ]
@@ -343,21 +334,16 @@ def test_relayed_rows_are_pruned_after_the_retention(
 
 
 def test_relay_without_an_outbox_is_a_clear_error(real_redis_url: str) -> None:
-    env = {
-        **os.environ,
-        "MESSAGING_REDIS_URL": real_redis_url,
-        "PYTHONPATH": str(ROOT),
-        "FLASK_APP": "tests.worker_app:create_app",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "messaging", "relay", "--once"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    process = flask_messaging_command(
+        "tests.worker_app:create_app",
+        "relay",
+        "--once",
+        env={"MESSAGING_REDIS_URL": real_redis_url},
+        stderr=subprocess.PIPE,
     )
-    assert result.returncode == 2
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    result = subprocess.CompletedProcess(process.args, 2, "", stderr)
     assert "bind a database" in result.stderr
     assert "Traceback" not in result.stderr
 

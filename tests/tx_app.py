@@ -82,6 +82,7 @@ def create_app(**config: Any) -> Flask:
         MESSAGING_RETRY=0,
         MESSAGING_RELAY_DELAY=0,
     )
+    app.config.from_prefixed_env()  # FLASK_MESSAGING_...=… from other processes
     app.config.update(config)
     db.init_app(app)
     messaging.init_app(app, db=db)
