@@ -186,3 +186,83 @@ def relay_command(once: bool, interval: float | None) -> None:
         signal.signal(sig, lambda *_: stop.set())
     click.echo("Relaying the outbox; Ctrl+C to stop.")
     relay.run(stop, interval)
+
+
+@messaging_cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@with_appcontext
+def status_command(as_json: bool) -> None:
+    """Show queues, workers, failed jobs and the outbox backlog."""
+    from dataclasses import asdict
+
+    from .status import outbox_backlog, queue_status, worker_status
+
+    state = get_state()
+    try:
+        queues = queue_status(state)
+        workers = worker_status(state)
+    except Exception as exc:
+        raise click.ClickException(
+            f"Cannot read Redis at {state.settings.redis_url}: {exc}"
+        ) from None
+    try:
+        backlog = outbox_backlog(state)
+    except Exception as exc:
+        raise click.ClickException(f"Cannot read the outbox: {exc}") from None
+    if as_json:
+        report = {
+            "queues": [asdict(q) for q in queues],
+            "workers": [asdict(w) for w in workers],
+            "outbox_backlog": backlog,
+        }
+        click.echo(json.dumps(report, indent=2))
+        return
+    header = ["QUEUE", "QUEUED", "STARTED", "SCHEDULED", "FAILED", "FINISHED"]
+    body = [
+        [
+            q.name,
+            *(str(n) for n in (q.queued, q.started, q.scheduled, q.failed, q.finished)),
+        ]
+        for q in queues
+    ]
+    click.echo(_table([header, *body]))
+    click.echo()
+    if workers:
+        click.echo(
+            _table(
+                [
+                    ["WORKER", "STATE", "QUEUES", "CURRENT JOB"],
+                    *(
+                        [w.name, w.state, ",".join(w.queues), w.current_job or "-"]
+                        for w in workers
+                    ),
+                ]
+            )
+        )
+    else:
+        click.echo("No workers.")
+    click.echo()
+    click.echo(
+        "Outbox: off" if backlog is None else f"Outbox backlog: {backlog} row(s)"
+    )
+
+
+@messaging_cli.command("requeue-failed")
+@click.option(
+    "-q",
+    "--queue",
+    "queues",
+    multiple=True,
+    help="Only this queue (repeatable); default: every queue.",
+)
+@with_appcontext
+def requeue_failed_command(queues: tuple[str, ...]) -> None:
+    """Put failed jobs back on their queues, to be run again."""
+    from .status import requeue_failed
+
+    state = get_state()
+    try:
+        count = requeue_failed(state, queues)
+    except Exception as exc:
+        raise click.ClickException(f"Requeue failed: {exc}") from None
+    click.echo(f"Requeued {count} job(s).")

@@ -27,6 +27,7 @@ from .extension import get_state
 from .jobs import InlineJobs
 from .message import Message
 from .outbox import RELAYED_KEY, outbox_rows
+from .testing import captured_registration
 
 if TYPE_CHECKING:
     from .extension import MessagingState
@@ -73,6 +74,8 @@ def register_event(message: Message) -> None:
     :raises RuntimeError: the app has no database bound to messaging.
     :raises TypeError, MessageEncodeError: the message cannot be sent.
     """
+    if captured_registration(message):
+        return
     state = get_state()
     session = _session(state)
     message_id, data = codec.encode(message, max_bytes=state.settings.max_message_bytes)

@@ -39,7 +39,7 @@ def run(redis_url: str, *args: str, timeout: float = 60) -> tuple[int, str]:
 
 
 def publish(redis_url: str, make_app: Callable[..., Flask], *messages: Any) -> Redis:
-    app = make_app(worker_app.messaging)
+    app = make_app(worker_app.messaging, MESSAGING_RETRY_INTERVALS=[0])
     with app.app_context():
         for message in messages:
             get_message_broker().publish(message)
@@ -149,3 +149,41 @@ def test_worker_rejects_bad_process_counts(real_redis_url: str, processes: str) 
     status, output = run(real_redis_url, "worker", "--processes", processes)
     assert status == 2
     assert "--processes" in output
+
+
+def test_status_and_requeue_failed(
+    real_redis_url: str, make_app: Callable[..., Flask]
+) -> None:
+    redis = publish(real_redis_url, make_app, worker_app.Boom("x"), Ping(1))
+    status, output = run(real_redis_url, "worker", "--burst", "high")
+    assert status == 0, output
+    status, output = run(real_redis_url, "status", "--json")
+    assert status == 0, output
+    report = json.loads(output)
+    queues = {q["name"]: q for q in report["queues"]}
+    assert queues["high"]["failed"] == 1
+    assert queues["low"]["queued"] == 1
+    assert report["workers"] == [] and report["outbox_backlog"] is None
+    status, output = run(real_redis_url, "status")
+    assert status == 0, output
+    assert output.splitlines()[0].split() == [
+        "QUEUE",
+        "QUEUED",
+        "STARTED",
+        "SCHEDULED",
+        "FAILED",
+        "FINISHED",
+    ]
+    assert "No workers." in output and "Outbox: off" in output
+    status, output = run(real_redis_url, "requeue-failed", "--queue", "low")
+    assert output.strip() == "Requeued 0 job(s)."
+    status, output = run(real_redis_url, "requeue-failed")
+    assert status == 0 and output.strip() == "Requeued 1 job(s)."
+    assert redis.llen("rq:queue:high") == 1
+
+
+def test_status_reports_an_unreachable_redis_in_one_line() -> None:
+    status, output = run("redis://127.0.0.1:1/0", "status")
+    assert status == 1
+    assert "Cannot read Redis at redis://127.0.0.1:1/0" in output
+    assert "Traceback" not in output
