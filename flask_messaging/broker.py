@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar, overload
 
 from flask import current_app, has_app_context
+from redis.exceptions import RedisError
 from rq import Retry
 
 from . import envelope as codec
@@ -85,7 +86,8 @@ class MessageBroker:
     ) -> Callable[..., object]:
         """Call ``handler`` in the publishing thread for every matching message.
 
-        :param message_type: a :class:`Message` subclass; its subclasses match too.
+        :param message_type: a :class:`~flask_messaging.Message` subclass; its
+            subclasses match too.
         :param predicate: called with the message first; the handler runs only
             when it returns a true value.
         :return: ``handler``, unchanged.
@@ -245,7 +247,9 @@ class MemoryBroker(MessageBroker):
                 self.jobs.enqueue(deliveries)
             except DeliveryError as group:  # inline jobs: failures already recorded
                 errors = [*(errors or ()), *group.exceptions]
-            except Exception as exc:
+            except (RedisError, OSError) as exc:
+                # Redis unreachable: those subscribers failed; the sync ones
+                # already had the message. Anything else is a bug: raise it.
                 for delivery in deliveries:
                     errors = record_failure(
                         errors, delivery.subscription, _name(message), message_id, exc
@@ -327,11 +331,9 @@ class TestBroker(MessageBroker):
     def _deliver(self, original: Message, data: bytes) -> None:
         envelope = codec.decode_envelope(data)
         route = self.registry.route(type(original))
-        errors: list[Exception] | None = None
-        with codec.handling(envelope):
-            errors = self.deliver_sync(
-                codec.decode(envelope), route.sync, envelope.id, errors
-            )
+        errors = self.deliver_sync(
+            codec.decode(envelope), route.sync, envelope.id, None
+        )
         for subscription in route.async_:
             try:
                 # Predicates see the published object, as in the publishing

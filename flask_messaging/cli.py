@@ -12,7 +12,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .extension import get_state
+from .extension import MessagingState, get_state
 from .subscription import Subscription
 
 __all__ = ["messaging_cli"]
@@ -38,6 +38,18 @@ def _callable_name(function: object) -> str:
     module = getattr(function, "__module__", None)
     qualname = getattr(function, "__qualname__", None) or repr(function)
     return f"{module}:{qualname}" if module else qualname
+
+
+def _server_state(purpose: str) -> MessagingState:
+    """The app's state, refusing ``memory://``, which no other process sees."""
+    state = get_state()
+    if state.is_embedded:
+        raise click.UsageError(
+            "MESSAGING_REDIS_URL is 'memory://': jobs live inside the app's process"
+            " and its own worker thread runs them. Set MESSAGING_REDIS_URL to a"
+            f" Redis server (redis://…) for {purpose}."
+        )
+    return state
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -105,6 +117,7 @@ def subscribers_command(as_json: bool) -> None:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
     show_default=True,
+    help="How much RQ logs about each job.",
 )
 @with_appcontext
 def worker_command(
@@ -124,13 +137,7 @@ def worker_command(
     """
     from .worker import run_workers
 
-    state = get_state()
-    if state.is_embedded:
-        raise click.UsageError(
-            "MESSAGING_REDIS_URL is 'memory://': jobs live inside the app's process"
-            " and its own worker thread runs them. Set MESSAGING_REDIS_URL to a"
-            " Redis server (redis://…) to run separate workers."
-        )
+    state = _server_state("separate workers")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
         state.redis.ping()
@@ -197,7 +204,7 @@ def status_command(as_json: bool) -> None:
 
     from .status import outbox_backlog, queue_status, worker_status
 
-    state = get_state()
+    state = _server_state("a status another process can see (the dashboard shows it)")
     try:
         queues = queue_status(state)
         workers = worker_status(state)
@@ -260,7 +267,7 @@ def requeue_failed_command(queues: tuple[str, ...]) -> None:
     """Put failed jobs back on their queues, to be run again."""
     from .status import requeue_failed
 
-    state = get_state()
+    state = _server_state("requeueing from another process (use the dashboard)")
     try:
         count = requeue_failed(state, queues)
     except Exception as exc:

@@ -93,10 +93,12 @@ def new_message_id() -> str:
 def current_envelope() -> Envelope | None:
     """Return the envelope of the message being handled, if any.
 
-    Inside an async handler (and a :class:`~flask_messaging.broker.TestBroker`
-    delivery) this gives the message id, its type and version, when it occurred,
-    and its correlation and causation ids. Messages published meanwhile record
-    it as their cause.
+    Inside an async handler (in a worker, inline with ``MESSAGING_ASYNC =
+    False``, or in :meth:`~flask_messaging.broker.TestBroker.process_messages`)
+    this gives the message id, its type and version, when it occurred, and its
+    correlation and causation ids; messages published meanwhile record it as
+    their cause. Sync subscribers run inside the publisher's call and see the
+    publisher's own envelope, if any: usually ``None``.
     """
     return _current.get()
 

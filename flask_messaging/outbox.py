@@ -7,7 +7,7 @@ enqueues the event's jobs. Rows it could not enqueue (Redis down, the process
 killed) are found by :class:`Relay` (``flask messaging relay``).
 
 Enqueueing is made idempotent by a marker per message in Redis, set atomically
-with the jobs (:meth:`~flask_messaging.jobs.RQJobs.enqueue_once`): whoever
+with the jobs (``RQJobs.enqueue_once``): whoever
 comes second, the relay or the committing process, enqueues nothing.
 The committing process does not write to the database again to record that a
 row was relayed; it appends the message id to a Redis list, and the relay

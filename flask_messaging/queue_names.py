@@ -11,7 +11,7 @@ from typing import Final
 #: For work a user is waiting on (a password-reset email).
 HIGH_PRIORITY: Final = "high"
 
-#: The queue of :meth:`~flask_messaging.broker.MemoryBroker.subscribe_async`
+#: The queue of :meth:`~flask_messaging.broker.MessageBroker.subscribe_async`
 #: when no ``queue_name`` is given.
 DEFAULT_PRIORITY: Final = "default"
 

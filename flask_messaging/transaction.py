@@ -72,7 +72,8 @@ def register_event(message: Message) -> None:
     inside the transaction. Events are delivered in registration order.
 
     :raises RuntimeError: the app has no database bound to messaging.
-    :raises TypeError, MessageEncodeError: the message cannot be sent.
+    :raises TypeError: the message's class cannot be sent.
+    :raises MessageEncodeError: the message's values cannot be sent.
     """
     if captured_registration(message):
         return

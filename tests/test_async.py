@@ -267,3 +267,13 @@ def test_jobs_are_written_exactly_as_rq_writes_them(
         return result
 
     assert normalized(ours) == normalized(theirs)
+
+
+def test_missing_signing_key_is_a_configuration_error_not_a_delivery_failure(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app(SECRET_KEY=None)
+    state = get_state(app)
+    state.broker.subscribe_async(Ping, handle_a)
+    with pytest.raises(RuntimeError, match="set SECRET_KEY"):
+        state.broker.publish(Ping(1))
