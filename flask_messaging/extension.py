@@ -176,6 +176,10 @@ class Messaging:
 
         app.cli.add_command(messaging_cli)
 
+        from .dashboard import init_dashboard
+
+        init_dashboard(app, state)
+
     def _declare(self, subscription: Subscription) -> None:
         self._declared.append(subscription)
         for registry in self._registries:

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rq import Queue, Worker
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.registry import (
+    BaseRegistry,
     FailedJobRegistry,
     FinishedJobRegistry,
     ScheduledJobRegistry,
@@ -15,7 +17,7 @@ from rq.registry import (
 )
 
 from .dispatch import MessagingJob
-from .serializer import JSONSerializer
+from .serializer import JSONSerializer, ReadOnlySerializer
 
 if TYPE_CHECKING:
     from .extension import MessagingState
@@ -28,6 +30,7 @@ __all__ = [
     "queue_status",
     "recent_failures",
     "requeue_failed",
+    "requeue_failed_job",
     "worker_status",
 ]
 
@@ -72,18 +75,25 @@ def _failed(state: MessagingState, name: str) -> FailedJobRegistry:
 
 
 def queue_status(state: MessagingState) -> list[QueueStatus]:
-    """Job counts of each queue workers listen on, highest priority first."""
+    """Job counts of each queue workers listen on, highest priority first.
+
+    Counts only: registries are not cleaned up, so reading changes nothing.
+    """
     rows = []
     for name in state.queue_names():
         queue = _queue(state, name)
+
+        def count(registry: BaseRegistry) -> int:
+            return registry.get_job_count(cleanup=False)
+
         rows.append(
             QueueStatus(
                 name=name,
                 queued=queue.count,
-                started=StartedJobRegistry(queue=queue).count,
-                scheduled=ScheduledJobRegistry(queue=queue).count,  # type: ignore[no-untyped-call]
-                failed=FailedJobRegistry(queue=queue).count,
-                finished=FinishedJobRegistry(queue=queue).count,
+                started=count(StartedJobRegistry(queue=queue)),
+                scheduled=count(ScheduledJobRegistry(queue=queue)),  # type: ignore[no-untyped-call]
+                failed=count(FailedJobRegistry(queue=queue)),
+                finished=count(FinishedJobRegistry(queue=queue)),
             )
         )
     return rows
@@ -91,7 +101,7 @@ def queue_status(state: MessagingState) -> list[QueueStatus]:
 
 def worker_status(state: MessagingState) -> list[WorkerStatus]:
     """Workers registered on the app's Redis."""
-    workers = Worker.all(connection=state.redis, serializer=JSONSerializer)
+    workers = Worker.all(connection=state.redis, serializer=ReadOnlySerializer)
     return sorted(
         (
             WorkerStatus(
@@ -106,28 +116,38 @@ def worker_status(state: MessagingState) -> list[WorkerStatus]:
     )
 
 
-def recent_failures(state: MessagingState, limit: int = 20) -> list[Failure]:
-    """The latest failed jobs over all queues, newest first."""
+def recent_failures(state: MessagingState, limit: int = 50) -> list[Failure]:
+    """The latest failed jobs over all queues, newest first.
+
+    Jobs are read with :class:`ReadOnlySerializer`: whatever a failed job holds,
+    nothing is unpickled to show it.
+    """
     failures = []
     for name in state.queue_names():
-        registry = _failed(state, name)
-        for job_id in registry.get_job_ids(0, limit - 1, desc=True):
-            job = MessagingJob.fetch(
-                job_id, connection=state.redis, serializer=JSONSerializer
-            )
+        registry = FailedJobRegistry(
+            name, connection=state.redis, serializer=ReadOnlySerializer
+        )
+        # Scored by expiry: failure time plus the same TTL for every job.
+        ids = registry.get_job_ids(0, limit - 1, desc=True, cleanup=False)
+        jobs = MessagingJob.fetch_many(
+            ids, connection=state.redis, serializer=ReadOnlySerializer
+        )
+        for job in jobs:
+            if job is None:
+                continue
             result = job.latest_result()
-            error = (result.exc_string if result else None) or ""
             failures.append(
                 Failure(
-                    job_id=job_id,
+                    job_id=job.id,
                     queue=name,
                     description=job.description or "",
-                    error=error.strip().splitlines()[-1] if error.strip() else "",
-                    failed_at=job.ended_at,
+                    error=_last_line(result.exc_string if result else None),
+                    failed_at=job.ended_at or (result.created_at if result else None),
                 )
             )
-    epoch = datetime.datetime.min
-    failures.sort(key=lambda f: f.failed_at or epoch, reverse=True)
+    failures.sort(
+        key=lambda f: f.failed_at.timestamp() if f.failed_at else 0, reverse=True
+    )
     return failures[:limit]
 
 
@@ -136,10 +156,22 @@ def requeue_failed(state: MessagingState, queues: tuple[str, ...] = ()) -> int:
     count = 0
     for name in queues or state.queue_names():
         registry = _failed(state, name)
-        for job_id in registry.get_job_ids():
-            registry.requeue(job_id)
+        for job_id in registry.get_job_ids(cleanup=False):
+            try:
+                registry.requeue(job_id)
+            except (NoSuchJobError, InvalidJobOperation):
+                continue  # expired or requeued meanwhile
             count += 1
     return count
+
+
+def requeue_failed_job(state: MessagingState, queue: str, job_id: str) -> bool:
+    """Put one failed job back on its queue; False if it is not failed there."""
+    try:
+        _failed(state, queue).requeue(job_id)
+    except (NoSuchJobError, InvalidJobOperation):
+        return False
+    return True
 
 
 def outbox_backlog(state: MessagingState) -> int | None:
@@ -149,3 +181,8 @@ def outbox_backlog(state: MessagingState) -> int | None:
     from .outbox import Relay
 
     return Relay(state).backlog()
+
+
+def _last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1][:300] if lines else ""

@@ -6,14 +6,16 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-APP_TESTS = '''
+APP_TESTS = """
 from dataclasses import dataclass
 
 import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_messaging import Message, Messaging, NullBroker, TestBroker, get_message_broker
+from flask_messaging import (
+    Message, Messaging, NullBroker, TestBroker, get_message_broker,
+)
 from flask_messaging.broker import active_override
 from flask_messaging.transaction import register_event, transactional
 
@@ -87,7 +89,7 @@ def test_capture_events_refuses_bad_messages(app, capture_events):
     with capture_events():
         with pytest.raises(TypeError):
             register_event("not a message")
-'''
+"""
 
 
 def test_fixtures_work_in_an_apps_test_suite(pytester: pytest.Pytester) -> None:

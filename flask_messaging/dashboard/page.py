@@ -1,0 +1,96 @@
+"""The messaging page: subscribers, queue depths, outbox backlog, failures."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    make_response,
+    redirect,
+    render_template,
+    url_for,
+)
+from redis.exceptions import RedisError
+from werkzeug.wrappers import Response as BaseResponse
+
+from ..cli import _describe
+from ..extension import get_state
+from ..status import (
+    Failure,
+    QueueStatus,
+    outbox_backlog,
+    queue_status,
+    recent_failures,
+    requeue_failed_job,
+)
+
+__all__ = ["PAGE_BLUEPRINT", "page"]
+
+logger = logging.getLogger("flask_messaging")
+
+PAGE_BLUEPRINT = "messaging_dashboard"
+
+#: Failed jobs listed, most recent first.
+FAILURES_SHOWN = 50
+
+page = Blueprint(PAGE_BLUEPRINT, __name__, template_folder="templates")
+
+# The page needs no script and loads nothing from elsewhere.
+_PAGE_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self';"
+    " frame-ancestors 'none'"
+)
+
+
+@page.get("/")
+def index() -> Response:
+    """Subscribers, queue depths, outbox backlog and recent failures."""
+    state = get_state()
+    queues: list[QueueStatus] = []
+    failures: list[Failure] = []
+    redis_error = outbox_error = None
+    try:
+        queues = queue_status(state)
+        failures = recent_failures(state, FAILURES_SHOWN)
+    except RedisError as exc:
+        redis_error = _first_line(str(exc))
+    try:
+        backlog = outbox_backlog(state)
+    except Exception as exc:
+        logger.warning("The dashboard could not count the outbox.", exc_info=True)
+        backlog, outbox_error = None, _first_line(str(exc))
+    rows = sorted(
+        (_describe(s) for s in state.registry), key=lambda r: str(r["message_type"])
+    )
+    response = make_response(
+        render_template(
+            "messaging/dashboard.html",
+            subscribers=rows,
+            queues=queues,
+            failures=failures,
+            redis_error=redis_error,
+            outbox_enabled=state.outbox is not None,
+            backlog=backlog,
+            outbox_error=outbox_error,
+        )
+    )
+    response.headers["Content-Security-Policy"] = _PAGE_POLICY
+    return response
+
+
+@page.post("/failed/<queue_name>/<job_id>/requeue")
+def requeue(queue_name: str, job_id: str) -> BaseResponse:
+    """Move a failed job back onto its queue."""
+    state = get_state()
+    if queue_name not in state.queue_names():
+        abort(404)
+    if not requeue_failed_job(state, queue_name, job_id):
+        abort(404)
+    return redirect(url_for(".index"), 303)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().partition("\n")[0][:300]

@@ -1,0 +1,392 @@
+"""rq-dashboard's views, replaced or kept, on the app's Redis.
+
+rq-dashboard 0.9 reads jobs with pickle, shows job arguments (the message
+payloads) and inserts job fields into its pages as raw HTML. The views here
+read with JSON only (:class:`~flask_messaging.serializer.ReadOnlySerializer`),
+never show arguments, and escape what its templates insert raw.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from enum import Enum
+from math import ceil
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from flask import (
+    Flask,
+    Response,
+    abort,
+    current_app,
+    jsonify,
+    render_template,
+    url_for,
+)
+from markupsafe import escape
+from rq import Queue, Worker
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+from rq.registry import (
+    BaseRegistry,
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+from rq.version import VERSION as RQ_VERSION
+from rq_dashboard import web
+
+from ..dispatch import MessagingJob
+from ..extension import get_state
+from ..serializer import JSONSerializer, ReadOnlySerializer
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+RQ_BLUEPRINT = "rq_dashboard"
+
+_REGISTRIES: dict[str, type[BaseRegistry]] = {
+    "failed": FailedJobRegistry,
+    "deferred": DeferredJobRegistry,
+    "started": StartedJobRegistry,
+    "finished": FinishedJobRegistry,
+    "scheduled": ScheduledJobRegistry,
+    "canceled": CanceledJobRegistry,
+}
+
+
+def text(status: int, message: str) -> Response:
+    return Response(message + "\n", status, mimetype="text/plain")
+
+
+def use_app_redis() -> None:
+    # rq-dashboard's views read the connection from this app attribute.
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app.redis_conn = get_state().redis
+
+
+def _redis() -> Redis:
+    return get_state().redis
+
+
+def redacted(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def rq_endpoints(app: Flask) -> set[str]:
+    return {
+        rule.endpoint.partition(".")[2]
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint.partition(".")[0] == RQ_BLUEPRINT
+    }
+
+
+def _fetch(job_id: str) -> Job:
+    try:
+        return MessagingJob.fetch(
+            job_id, connection=_redis(), serializer=ReadOnlySerializer
+        )
+    except NoSuchJobError:
+        abort(404)
+
+
+def _escaped(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with its strings escaped, for templates that insert them raw."""
+    return {
+        key: str(escape(value.value if isinstance(value, Enum) else value))
+        if isinstance(value, str)
+        else value
+        for key, value in values.items()
+    }
+
+
+def _json(data: dict[str, Any], status: int = 200) -> Response:
+    response = jsonify(data)
+    response.status_code = status
+    return response
+
+
+def _job_view(instance_number: int, job_id: str) -> str:
+    job = _fetch(job_id)
+    config = current_app.config
+    return render_template(
+        "rq_dashboard/job.html",
+        current_instance=instance_number,
+        instance_list=web.escape_format_instance_list(config["RQ_DASHBOARD_REDIS_URL"]),
+        id=job.id,
+        rq_url_prefix=url_for(f"{RQ_BLUEPRINT}.queues_overview"),
+        rq_dashboard_version=web.rq_dashboard_version,
+        rq_version=RQ_VERSION,
+        deprecation_options_usage=config.get("DEPRECATED_OPTIONS", False),
+        enable_delete=not config.get("RQ_DASHBOARD_DISABLE_DELETE"),
+    )
+
+
+def _job_info(instance_number: int, job_id: str) -> Response:
+    job = _fetch(job_id)
+    result = job.latest_result()
+    failed = result is not None and result.type != result.Type.SUCCESSFUL
+    value = None if result is None or failed else result.return_value
+    # job.html inserts every one of these into the page as raw HTML.
+    info = _escaped(
+        {
+            "id": job.id,
+            "created_at": web.serialize_date(job.created_at),
+            "enqueued_at": web.serialize_date(job.enqueued_at),
+            "started_at": web.serialize_date(job.started_at),
+            "ended_at": web.serialize_date(job.ended_at),
+            "origin": job.origin,
+            "status": job.get_status(),
+            "result": None if value is None else json.dumps(value, default=repr),
+            "exc_info": result.exc_string if result is not None else None,
+            "description": job.description,
+            "metadata": json.dumps(job.meta, default=repr),
+        }
+    )
+    return _json(info)
+
+
+def _list_jobs(
+    instance_number: int,
+    queue_name: str,
+    registry_name: str,
+    per_page: str,
+    order: str,
+    page: str,
+) -> Response:
+    try:
+        size, current = int(per_page), int(page)
+    except ValueError:
+        abort(404)
+    if size < 1 or current < 1:
+        abort(404)
+    connection = _redis()
+    queue = Queue(queue_name, connection=connection, serializer=ReadOnlySerializer)
+    total, ids = _page_of_ids(queue, registry_name, size, current, order == "dsc")
+    jobs = MessagingJob.fetch_many(
+        ids, connection=connection, serializer=ReadOnlySerializer
+    )
+
+    def link(number: int) -> dict[str, Any]:
+        return {
+            "url": url_for(
+                f"{RQ_BLUEPRINT}.jobs_overview",
+                instance_number=instance_number,
+                queue_name=queue_name,
+                registry_name=registry_name,
+                per_page=size,
+                order=order,
+                page=number,
+            )
+        }
+
+    last = ceil(total / size)
+    pagination = {
+        "current_page": current,
+        "num_pages": last,
+        "pages_in_window": [
+            {"number": number, **link(number)}
+            for number in web.pagination_window(total, current, size)
+        ],
+        "first_page": link(1),
+        "last_page": link(last),
+        **({"prev_page": link(current - 1)} if current > 1 else {}),
+        **({"next_page": link(current + 1)} if current < last else {}),
+    }
+    return _json(
+        {
+            "name": str(escape(queue_name)),
+            "registry_name": str(escape(registry_name)),
+            # jobs.html escapes description and exc_info itself.
+            "jobs": [_job_row(job) for job in jobs if job is not None],
+            "pagination": pagination,
+        }
+    )
+
+
+def _page_of_ids(
+    queue: Queue, registry_name: str, size: int, page: int, descending: bool
+) -> tuple[int, list[str]]:
+    registry: Queue | BaseRegistry = queue
+    if registry_name != "queued":
+        registry_class = _REGISTRIES.get(registry_name)
+        if registry_class is None:
+            abort(404)
+        registry = registry_class(queue=queue, job_class=MessagingJob)
+    if isinstance(registry, BaseRegistry):
+        total = registry.get_job_count(cleanup=False)
+    else:
+        total = registry.count
+    offset = (page - 1) * size
+    if descending:
+        start, end = max(0, total - offset - size), total - offset
+    else:
+        start, end = offset, min(total, offset + size)
+    if end <= start:
+        return total, []
+    if isinstance(registry, BaseRegistry):
+        ids = registry.get_job_ids(start, end - 1, cleanup=False)
+    else:
+        ids = registry.get_job_ids(start, end - start)
+    return total, ids[::-1] if descending else ids
+
+
+def _job_row(job: Job) -> dict[str, Any]:
+    result = job.latest_result()
+    return {
+        "id": str(escape(job.id)),
+        "created_at": web.serialize_date(job.created_at),
+        "started_at": web.serialize_date(job.started_at),
+        "ended_at": web.serialize_date(job.ended_at),
+        "exc_info": result.exc_string if result is not None else None,
+        "description": job.description,
+    }
+
+
+def _list_workers(instance_number: int) -> Response:
+    workers = []
+    for worker in Worker.all(
+        connection=_redis(), job_class=MessagingJob, serializer=ReadOnlySerializer
+    ):
+        job = worker.get_current_job()
+        current: Any = "idle"
+        if job is not None:
+            # rq-dashboard shows the call string, message payload included.
+            current = {
+                "job_id": str(escape(job.id)),
+                "description": job.description,  # escaped by workers.html
+                "created_at": web.serialize_date(job.created_at),
+                "call_string": str(escape(job.description or "")),
+            }
+        row = _escaped(
+            {
+                "name": worker.name,
+                "pid": worker.pid,
+                "state": worker.get_state(),
+                "last_heartbeat": worker.last_heartbeat,
+                "birth_date": worker.birth_date,
+                "successful_job_count": worker.successful_job_count,
+                "failed_job_count": worker.failed_job_count,
+                "total_working_time": worker.total_working_time,
+                "version": getattr(worker, "version", ""),
+                "python_version": getattr(worker, "python_version", ""),
+            }
+        )
+        row["queues"] = [str(escape(queue.name)) for queue in worker.queues]
+        row["current_job"] = current
+        workers.append(row)
+    workers.sort(key=lambda w: (w["state"], w["queues"], w["name"]))
+    return _json({"workers": workers})
+
+
+def _list_queues(instance_number: int) -> Response:
+    queues = web.serialize_queues(
+        instance_number, sorted(Queue.all(connection=_redis()))
+    )
+    for queue in queues:
+        queue["name"] = str(escape(queue["name"]))  # queues.html inserts it raw
+    return _json({"queues": queues})
+
+
+def _delete_job_view(job_id: str) -> Response:
+    if current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"):
+        return _json({"status": "DISABLED"})
+    return _json({"status": "OK" if _delete(job_id) else "ERROR"})
+
+
+def _delete(job_id: str, registry: BaseRegistry | None = None) -> bool:
+    try:
+        job = MessagingJob.fetch(job_id, connection=_redis(), serializer=JSONSerializer)
+    except NoSuchJobError:
+        if registry is not None and not isinstance(registry, StartedJobRegistry):
+            registry.remove(job_id)  # an id whose job expired
+        return False
+    job.delete()
+    return True
+
+
+def _requeue_job_view(job_id: str) -> Response:
+    try:
+        job = MessagingJob.fetch(job_id, connection=_redis(), serializer=JSONSerializer)
+        _failed(job.origin).requeue(job)
+    except (NoSuchJobError, InvalidJobOperation):
+        return _json({"status": "ERROR"}, 404)
+    return _json({"status": "OK"})
+
+
+def _requeue_all(queue_name: str) -> Response:
+    registry = _failed(queue_name)
+    count = 0
+    for job_id in registry.get_job_ids(cleanup=False):
+        try:
+            registry.requeue(job_id)
+        except (NoSuchJobError, InvalidJobOperation):
+            continue  # gone meanwhile
+        count += 1
+    return _json({"status": "OK", "count": count})
+
+
+def _empty_queue(queue_name: str, registry_name: str) -> Response:
+    if current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"):
+        return _json({"status": "DISABLED"})
+    connection = _redis()
+    if registry_name == "queued":
+        queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
+        queue.empty()  # type: ignore[no-untyped-call]
+        return _json({"status": "OK"})
+    registry_class = _REGISTRIES.get(registry_name)
+    if registry_class is None:
+        abort(404)
+    registry = registry_class(
+        queue_name, connection=connection, serializer=JSONSerializer
+    )
+    for job_id in registry.get_job_ids(cleanup=False):
+        _delete(job_id, registry)
+    return _json({"status": "OK"})
+
+
+def _failed(queue_name: str) -> FailedJobRegistry:
+    return FailedJobRegistry(
+        queue_name,
+        connection=_redis(),
+        serializer=JSONSerializer,
+        job_class=MessagingJob,
+    )
+
+
+def unreviewed(**kwargs: Any) -> Response:
+    return text(404, "This rq-dashboard view is not enabled by flask-messaging.")
+
+
+#: rq-dashboard 0.9 views kept: they read no job (compact only checks which
+#: job keys exist), and their pages are autoescaped Jinja.
+RQ_KEPT = frozenset(
+    {
+        "static",
+        "favicon",
+        "queues_overview",
+        "workers_overview",
+        "jobs_overview",
+        "compact_queue",
+    }
+)
+
+#: rq-dashboard 0.9 views replaced: the originals unpickle jobs, show job
+#: arguments or return fields its templates insert unescaped.
+RQ_VIEWS: dict[str, Callable[..., Any]] = {
+    "job_view": _job_view,
+    "job_info": _job_info,
+    "list_jobs": _list_jobs,
+    "list_workers": _list_workers,
+    "list_queues": _list_queues,
+    "delete_job_view": _delete_job_view,
+    "requeue_job_view": _requeue_job_view,
+    "requeue_all": _requeue_all,
+    "empty_queue": _empty_queue,
+}

@@ -1,0 +1,644 @@
+"""The dashboard: rq-dashboard and the messaging page, behind auth, on our Redis."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import pickle
+import re
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rq_dashboard
+from flask import Flask, request
+from markupsafe import escape
+from redis import Redis
+from rq import Queue
+from rq.registry import FailedJobRegistry
+from rq_dashboard import web
+
+from flask_messaging import Message, Messaging, get_message_broker
+from flask_messaging.extension import get_state
+from flask_messaging.queue_names import DEFAULT_PRIORITY, HIGH_PRIORITY, LOW_PRIORITY
+from flask_messaging.worker import make_worker
+
+AUTH = ("admin", "correct horse")
+XSS = "<img src=x onerror=alert(1)>"
+SAME_ORIGIN = {"Origin": "http://localhost"}  # the test client's host
+
+messaging = Messaging()
+
+
+@dataclass(frozen=True)
+class Note(Message, name="tests.dashboard.note"):
+    text: str
+
+
+@dataclass(frozen=True)
+class Hold(Message, name="tests.dashboard.hold"):
+    text: str
+
+
+def is_long(event: Note) -> bool:
+    return len(event.text) > 3
+
+
+@messaging.subscribe(predicate=is_long)
+def log_note(event: Note) -> None:
+    pass
+
+
+@messaging.subscribe_async(queue_name=HIGH_PRIORITY, retry=0)
+def refuse_note(event: Note) -> None:
+    # The payload in the exception: how it could reach a page through RQ.
+    raise RuntimeError(f"refused {event.text}")
+
+
+@messaging.subscribe_async(queue_name=LOW_PRIORITY)
+def keep_note(event: Note) -> None:
+    pass
+
+
+release = threading.Event()
+
+
+@messaging.subscribe_async(queue_name=DEFAULT_PRIORITY)
+def hold(event: Hold) -> None:
+    release.wait(10)
+
+
+REFUSE_DESCRIPTION = "tests.dashboard.note -> tests.test_dashboard:refuse_note"
+
+
+def basic(user: str = AUTH[0], password: str = AUTH[1]) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask], real_redis_url: str) -> Flask:
+    return make_app(messaging, MESSAGING_DASHBOARD_AUTH=AUTH)
+
+
+@dataclass(frozen=True)
+class Jobs:
+    failed: str
+    queued: str
+
+
+def publish_notes(app: Flask, *texts: str) -> Jobs:
+    """Publish notes; each one's high job fails, its low job stays queued."""
+    with app.app_context():
+        for text in texts:
+            get_message_broker().publish(Note(text))
+    make_worker(app, [HIGH_PRIORITY]).work(burst=True, logging_level="CRITICAL")
+    redis = get_state(app).redis
+    failed = FailedJobRegistry(HIGH_PRIORITY, connection=redis).get_job_ids()
+    queued = Queue(LOW_PRIORITY, connection=redis).get_job_ids()
+    return Jobs(failed=failed[-1], queued=queued[-1])
+
+
+def snapshot(redis: Redis) -> dict[bytes, bytes]:
+    return {key: redis.dump(key) for key in redis.keys("*")}
+
+
+def routes(app: Flask, jobs: Jobs, prefix: str = "/rq") -> list[tuple[str, str, str]]:
+    """(endpoint, method, path) of every dashboard route, on real names."""
+    values = {
+        "instance_number": "0",
+        "queue_name": HIGH_PRIORITY,
+        "registry_name": "failed",
+        "per_page": "8",
+        "order": "asc",
+        "page": "1",
+        "job_id": jobs.failed,
+        "filename": "js/jquery-3.5.1.min.js",
+    }
+    found = []
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith(prefix + "/"):
+            path = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: values[m.group(1)], rule.rule)
+            for method in sorted(rule.methods or ()):
+                found.append((rule.endpoint, method, path))
+    return found
+
+
+def action_routes(app: Flask, jobs: Jobs) -> list[tuple[str, str]]:
+    return [(e, p) for e, m, p in routes(app, jobs) if m == "POST"]
+
+
+def page_routes(app: Flask, jobs: Jobs) -> set[str]:
+    """Paths of the pages and JSON views (not actions, not static files)."""
+    actions = {path for _, path in action_routes(app, jobs)}
+    return {
+        path
+        for endpoint, method, path in routes(app, jobs)
+        if method == "GET" and path not in actions and "static" not in endpoint
+    }
+
+
+# -- Access -------------------------------------------------------------------
+
+
+def deny() -> bool:
+    return False
+
+
+@pytest.mark.parametrize(
+    ("auth", "status", "says"),
+    [
+        (None, 403, "MESSAGING_DASHBOARD_AUTH is not set"),
+        (AUTH, 401, "Log in"),
+        (deny, 403, "not allowed"),
+    ],
+    ids=["unconfigured", "basic", "callable"],
+)
+def test_every_route_refuses_requests_without_credentials(
+    make_app: Callable[..., Flask],
+    real_redis_url: str,
+    auth: object,
+    status: int,
+    says: str,
+) -> None:
+    app = make_app(messaging, MESSAGING_DASHBOARD_AUTH=auth)
+    jobs = publish_notes(app, "note")
+    redis = get_state(app).redis
+    before = snapshot(redis)
+    client = app.test_client()
+    checked = routes(app, jobs)
+    endpoints = {endpoint for endpoint, _, _ in checked}
+    assert {
+        "rq_dashboard.static",
+        "rq_dashboard.requeue_all",
+        "rq_dashboard.job_info",
+        "messaging_dashboard.index",
+        "messaging_dashboard.requeue",
+    } <= endpoints
+    for _, method, path in checked:
+        # Paths that only spell out a default are redirected (308) first.
+        response = client.open(
+            path, method=method, headers=SAME_ORIGIN, follow_redirects=True
+        )
+        assert response.status_code == status, (method, path)
+        if method != "HEAD":
+            assert says in response.text
+        if status == 401:
+            assert response.headers["WWW-Authenticate"].startswith("Basic realm=")
+    assert snapshot(redis) == before
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [basic(password="wrong"), basic(user="root"), {"Authorization": "Bearer x"}],
+)
+def test_basic_auth_needs_the_right_pair(app: Flask, headers: dict[str, str]) -> None:
+    client = app.test_client()
+    assert client.get("/rq/messaging/", headers=headers).status_code == 401
+    assert client.get("/rq/messaging/", headers=basic()).status_code == 200
+
+
+def test_callable_auth_decides_per_request(make_app: Callable[..., Flask]) -> None:
+    app = make_app(
+        messaging,
+        MESSAGING_DASHBOARD_AUTH=lambda: request.headers.get("X-Admin") == "yes",
+    )
+    client = app.test_client()
+    assert client.get("/rq/", headers={"X-Admin": "yes"}).status_code == 200
+    assert client.get("/rq/", headers={"X-Admin": "no"}).status_code == 403
+    assert client.get("/rq/messaging/").status_code == 403
+
+
+def test_get_on_an_action_changes_nothing(app: Flask) -> None:
+    jobs = publish_notes(app, "note")
+    redis = get_state(app).redis
+    before = snapshot(redis)
+    client = app.test_client()
+    response = client.get(f"/rq/requeue/{HIGH_PRIORITY}", headers=basic())
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    for _, path in action_routes(app, jobs):
+        for method in ("GET", "HEAD", "PUT"):
+            response = client.open(path, method=method, headers=basic())
+            assert response.status_code == 405, (method, path)
+    assert snapshot(redis) == before
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://localhost.evil.example"},
+        {"Referer": "http://evil.example/rq/"},
+        {"Origin": "http://evil.example", "Referer": "http://localhost/rq/"},
+        {},
+    ],
+    ids=["origin", "null", "lookalike", "referer", "origin-wins", "none"],
+)
+def test_actions_refuse_posts_from_elsewhere(
+    app: Flask, origin: dict[str, str]
+) -> None:
+    jobs = publish_notes(app, "note")
+    redis = get_state(app).redis
+    before = snapshot(redis)
+    client = app.test_client()
+    actions = action_routes(app, jobs)
+    assert {e for e, _ in actions} == {
+        "rq_dashboard.delete_job_view",
+        "rq_dashboard.requeue_job_view",
+        "rq_dashboard.requeue_all",
+        "rq_dashboard.empty_queue",
+        "rq_dashboard.compact_queue",
+        "messaging_dashboard.requeue",
+    }
+    for _, path in actions:
+        response = client.post(path, headers={**basic(), **origin})
+        assert response.status_code == 403, path
+    assert snapshot(redis) == before
+
+
+def failed_and_queued(app: Flask) -> tuple[list[str], list[str]]:
+    redis = get_state(app).redis
+    return (
+        FailedJobRegistry(HIGH_PRIORITY, connection=redis).get_job_ids(),
+        Queue(HIGH_PRIORITY, connection=redis).get_job_ids(),
+    )
+
+
+def test_same_origin_posts_requeue_and_delete(app: Flask) -> None:
+    publish_notes(app, "one", "two", "three")
+    (first, second, third), _ = failed_and_queued(app)
+    client = app.test_client()
+    headers = {**basic(), **SAME_ORIGIN}
+
+    response = client.post(f"/rq/job/{first}/requeue", headers=headers)
+    assert response.json == {"status": "OK"}
+    assert failed_and_queued(app) == ([second, third], [first])
+
+    referer = {**basic(), "Referer": "http://localhost/rq/0/view/jobs"}
+    response = client.post(f"/rq/requeue/{HIGH_PRIORITY}", headers=referer)
+    assert response.json == {"status": "OK", "count": 2}
+    assert failed_and_queued(app) == ([], [first, second, third])
+
+    response = client.post(f"/rq/job/{first}/delete", headers=headers)
+    assert response.json == {"status": "OK"}
+    response = client.post(f"/rq/queue/{HIGH_PRIORITY}/queued/empty", headers=headers)
+    assert response.json == {"status": "OK"}
+    assert failed_and_queued(app) == ([], [])
+    redis = get_state(app).redis
+    assert not any(redis.exists(f"rq:job:{job}") for job in (first, second, third))
+
+
+def test_messaging_page_requeues_a_failed_job(app: Flask) -> None:
+    jobs = publish_notes(app, "note")
+    client = app.test_client()
+    path = f"/rq/messaging/failed/{HIGH_PRIORITY}/{jobs.failed}/requeue"
+    response = client.post(path, headers={**basic(), **SAME_ORIGIN})
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/rq/messaging/"
+    assert failed_and_queued(app) == ([], [jobs.failed])
+    again = client.post(path, headers={**basic(), **SAME_ORIGIN})
+    assert again.status_code == 404
+    unknown = f"/rq/messaging/failed/elsewhere/{jobs.failed}/requeue"
+    assert client.post(unknown, headers={**basic(), **SAME_ORIGIN}).status_code == 404
+
+
+# -- Jobs are read safely -------------------------------------------------------
+
+
+class Boobytrap:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return (Path.touch, (Path(self.path),))
+
+
+def test_pickle_in_a_job_is_never_unpickled(app: Flask, tmp_path: Path) -> None:
+    sentinel = tmp_path / "pwned"
+    jobs = publish_notes(app, "note")
+    redis = get_state(app).redis
+    payload = pickle.dumps(Boobytrap(str(sentinel)))
+    for job_id in (jobs.failed, jobs.queued):
+        redis.hset(
+            f"rq:job:{job_id}",
+            mapping={
+                "data": zlib.compress(payload),
+                "meta": payload,
+                "result": payload,
+            },
+        )
+    redis.xadd(
+        f"rq:results:{jobs.queued}",
+        {"type": 1, "return_value": base64.b64encode(payload)},
+    )
+    client = app.test_client()
+    paths = page_routes(app, jobs) | {
+        f"/rq/0/view/job/{jobs.queued}",
+        f"/rq/0/data/job/{jobs.queued}.json",
+        f"/rq/0/data/jobs/{LOW_PRIORITY}/queued/8/asc/1.json",
+        f"/rq/0/data/jobs/{LOW_PRIORITY}/queued/8/dsc/1.json",
+    }
+    for path in paths:
+        response = client.get(path, headers=basic(), follow_redirects=True)
+        assert response.status_code == 200, path
+        response.close()  # the favicon is a file
+    info = client.get(f"/rq/0/data/job/{jobs.queued}.json", headers=basic()).json
+    assert info is not None and "not JSON, not shown" in info["metadata"]
+    assert "not JSON, not shown" in info["result"]
+    response = client.post(
+        f"/rq/job/{jobs.failed}/requeue", headers={**basic(), **SAME_ORIGIN}
+    )
+    assert response.json == {"status": "OK"}
+    assert not sentinel.exists()
+    assert redis.hget(f"rq:job:{jobs.failed}", "meta") == payload  # left as it was
+
+
+def test_message_payload_never_reaches_a_page_unescaped(app: Flask) -> None:
+    jobs = publish_notes(app, XSS)
+    client = app.test_client()
+    for path in page_routes(app, jobs) | {
+        f"/rq/0/data/jobs/{HIGH_PRIORITY}/failed/8/dsc/1.json",
+        f"/rq/0/view/job/{jobs.queued}",
+        f"/rq/0/data/job/{jobs.queued}.json",
+        f"/rq/0/data/jobs/{LOW_PRIORITY}/queued/8/asc/1.json",
+    }:
+        response = client.get(path, headers=basic(), follow_redirects=True)
+        assert response.status_code == 200, path
+        if response.is_json:
+            data = response.json
+            assert data is not None
+            for job in data.get("jobs", []):
+                # jobs.html escapes these itself; they are kept as they are.
+                assert job.pop("description").startswith("tests.dashboard.note -> ")
+                job.pop("exc_info")
+            assert XSS not in json.dumps(data), path
+        else:
+            assert XSS.encode() not in response.data, path
+        response.close()
+
+    info = client.get(f"/rq/0/data/job/{jobs.failed}.json", headers=basic()).json
+    assert info is not None
+    assert info["description"] == str(escape(REFUSE_DESCRIPTION))
+    assert str(escape(f"RuntimeError: refused {XSS}")) in info["exc_info"]
+    page = client.get("/rq/messaging/", headers=basic()).text
+    assert str(escape(f"RuntimeError: refused {XSS}")) in page
+    assert REFUSE_DESCRIPTION.replace(">", "&gt;") in page
+
+
+def test_job_lists_page_through_queues_and_registries(app: Flask) -> None:
+    publish_notes(app, "one", "two", "three")
+    redis = get_state(app).redis
+    queued = Queue(LOW_PRIORITY, connection=redis).get_job_ids()
+    failed = FailedJobRegistry(HIGH_PRIORITY, connection=redis).get_job_ids()
+    client = app.test_client()
+
+    def ids(queue: str, registry: str, order: str, page: int) -> list[str]:
+        path = f"/rq/0/data/jobs/{queue}/{registry}/2/{order}/{page}.json"
+        data = client.get(path, headers=basic(), follow_redirects=True).json
+        assert data is not None and data["pagination"]["num_pages"] == 2
+        return [job["id"] for job in data["jobs"]]
+
+    for queue, registry, expected in [
+        (LOW_PRIORITY, "queued", queued),
+        (HIGH_PRIORITY, "failed", failed),
+    ]:
+        assert ids(queue, registry, "asc", 1) == expected[:2]
+        assert ids(queue, registry, "asc", 2) == expected[2:]
+        assert ids(queue, registry, "dsc", 1) == expected[:0:-1]
+        assert ids(queue, registry, "dsc", 2) == expected[:1]
+    response = client.get(f"/rq/0/data/jobs/{LOW_PRIORITY}/nope/2/asc/1.json")
+    assert response.status_code == 401
+    response = client.get(
+        f"/rq/0/data/jobs/{LOW_PRIORITY}/nope/2/asc/1.json", headers=basic()
+    )
+    assert response.status_code == 404
+
+
+# -- The messaging page ---------------------------------------------------------
+
+
+def table_rows(page: str) -> list[list[str]]:
+    """The text of each table cell, row by row."""
+    return [
+        [
+            html.unescape(" ".join(re.sub(r"<[^>]+>", " ", cell).split()))
+            for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+        ]
+        for row in re.findall(r"<tr>(.*?)</tr>", page, re.S)
+    ]
+
+
+def test_messaging_page_shows_subscribers_queues_and_failures(app: Flask) -> None:
+    jobs = publish_notes(app, "a note")
+    response = app.test_client().get("/rq/messaging/", headers=basic())
+    assert response.status_code == 200
+    page = response.text
+    rows = table_rows(page)
+    note = "tests.dashboard.note"
+    module = "tests.test_dashboard"
+    assert [note, f"{module}:log_note", "sync", "-", f"{module}:is_long"] in rows
+    assert [note, f"{module}:keep_note", "async", LOW_PRIORITY, "-"] in rows
+    assert [note, f"{module}:refuse_note", "async", HIGH_PRIORITY, "-"] in rows
+    assert [HIGH_PRIORITY, "0", "0", "0", "1"] in rows
+    assert [LOW_PRIORITY, "1", "0", "0", "0"] in rows
+    (failure,) = [cells for cells in rows if cells[1:2] == [HIGH_PRIORITY]]
+    assert failure[2] == f"{REFUSE_DESCRIPTION} {jobs.failed}"
+    assert failure[3] == "RuntimeError: refused a note"
+    row = next(r for r in re.findall(r"<tr>.*?</tr>", page, re.S) if jobs.failed in r)
+    assert f'action="/rq/messaging/failed/{HIGH_PRIORITY}/{jobs.failed}/requeue"' in row
+    assert 'method="post"' in row
+    assert "No outbox" in page
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_outbox_backlog_on_the_messaging_page(
+    tmp_path: Path, real_redis_url: str
+) -> None:
+    from flask_messaging.transaction import register_event
+
+    from .tx_app import User, UserRegistered, create_app, db
+
+    app = create_app(
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'outbox.db'}",
+        MESSAGING_REDIS_URL=real_redis_url,
+        MESSAGING_DASHBOARD_AUTH=AUTH,
+    )
+    client = app.test_client()
+    try:
+        page = client.get("/rq/messaging/", headers=basic()).text
+        assert "The backlog cannot be counted" in page
+        assert "does not exist" in page
+        with app.app_context():
+            db.create_all()
+            user = User(email="u@example.com")
+            db.session.add(user)
+            db.session.flush()
+            register_event(UserRegistered(user_id=user.id, email=user.email))
+            db.session.commit()
+        page = client.get("/rq/messaging/", headers=basic()).text
+        assert '<strong id="outbox-backlog">1</strong>' in page
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.drop_all()
+            db.engine.dispose()
+        get_state(app).redis.close()
+
+
+# -- Wiring -------------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def embedded(make_app: Callable[..., Flask]) -> Iterator[Flask]:
+    release.clear()
+    app = make_app(
+        messaging, MESSAGING_REDIS_URL="memory://", MESSAGING_DASHBOARD_AUTH=AUTH
+    )
+    yield app
+    release.set()
+
+
+def test_memory_url_dashboard_reads_the_in_process_redis(embedded: Flask) -> None:
+    state = get_state(embedded)
+    client = embedded.test_client()
+    with embedded.app_context():
+        get_message_broker().publish(Note("note"))
+    registry = FailedJobRegistry(HIGH_PRIORITY, connection=state.redis)
+    wait_for(lambda: registry.get_job_ids())
+    (job_id,) = registry.get_job_ids()
+
+    def json_of(path: str) -> Any:
+        response = client.get(path, headers=basic(), follow_redirects=True)
+        assert response.status_code == 200, path
+        return response.json
+
+    queues = {q["name"]: q for q in json_of("/rq/0/data/queues.json")["queues"]}
+    assert queues[HIGH_PRIORITY]["failed_job_registry_count"] == 1
+    listed = json_of(f"/rq/0/data/jobs/{HIGH_PRIORITY}/failed/8/asc/1.json")
+    assert [job["id"] for job in listed["jobs"]] == [job_id]
+    info = json_of(f"/rq/0/data/job/{job_id}.json")
+    assert info["description"] == str(escape(REFUSE_DESCRIPTION))
+    assert info["status"] == "failed"
+    assert client.get(f"/rq/0/view/job/{job_id}", headers=basic()).status_code == 200
+    assert (
+        "RuntimeError: refused note"
+        in client.get("/rq/messaging/", headers=basic()).text
+    )
+    assert client.get("/rq/1/data/queues.json", headers=basic()).status_code == 404
+
+
+def test_workers_page_shows_the_running_job_without_its_payload(
+    embedded: Flask,
+) -> None:
+    client = embedded.test_client()
+    with embedded.app_context():
+        get_message_broker().publish(Hold(XSS))
+
+    def busy() -> Any:
+        data = client.get("/rq/0/data/workers.json", headers=basic()).json
+        assert data is not None
+        return [w for w in data["workers"] if w["current_job"] != "idle"]
+
+    wait_for(busy)
+    (worker,) = busy()
+    description = "tests.dashboard.hold -> tests.test_dashboard:hold"
+    assert worker["current_job"]["description"] == description
+    assert worker["current_job"]["call_string"] == str(escape(description))
+    response = client.get("/rq/0/data/workers.json", headers=basic())
+    assert XSS not in response.text
+    assert str(escape(XSS)) not in response.text
+
+
+def test_each_app_gets_its_own_redis_and_rq_dashboard_is_not_patched(
+    make_app: Callable[..., Flask], real_redis_url: str
+) -> None:
+    on_server = make_app(messaging, MESSAGING_DASHBOARD_AUTH=AUTH)
+    in_memory = make_app(MESSAGING_REDIS_URL="memory://", MESSAGING_DASHBOARD_AUTH=AUTH)
+    publish_notes(on_server, "note")
+    names = []
+    for app in (on_server, in_memory):
+        data = app.test_client().get("/rq/0/data/queues.json", headers=basic()).json
+        assert data is not None
+        names.append({queue["name"] for queue in data["queues"]})
+    assert names == [{HIGH_PRIORITY, LOW_PRIORITY}, set()]
+
+    plain = Flask("plain")
+    plain.config["RQ_DASHBOARD_REDIS_URL"] = real_redis_url
+    web.setup_rq_connection(plain)
+    plain.register_blueprint(rq_dashboard.blueprint, url_prefix="/plain")
+    assert plain.view_functions["rq_dashboard.job_view"] is web.job_view
+    assert plain.before_request_funcs["rq_dashboard"] == [web.push_rq_connection]
+    assert rq_dashboard.blueprint.before_request_funcs == {
+        None: [web.push_rq_connection]
+    }
+    assert on_server.view_functions["rq_dashboard.job_view"] is not web.job_view
+    response = plain.test_client().get("/plain/0/data/queues.json")
+    assert response.status_code == 200  # rq-dashboard as it comes: no auth
+    plain.redis_conn.close()  # type: ignore[attr-defined]
+
+
+# -- Configuration ----------------------------------------------------------------
+
+
+def test_prefix_moves_or_removes_the_dashboard(make_app: Callable[..., Flask]) -> None:
+    moved = make_app(MESSAGING_DASHBOARD_URL_PREFIX="/admin/queues/")
+    rules = {rule.rule for rule in moved.url_map.iter_rules()}
+    assert {"/admin/queues/", "/admin/queues/messaging/"} <= rules
+    assert not any(rule.startswith("/rq") for rule in rules)
+
+    removed = make_app(MESSAGING_DASHBOARD_URL_PREFIX=None)
+    assert [r.rule for r in removed.url_map.iter_rules()] == ["/static/<path:filename>"]
+    assert removed.test_client().get("/rq/").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("config", "error", "says"),
+    [
+        ({"MESSAGING_DASHBOARD_AUTH": "hunter2"}, TypeError, "not a str"),
+        ({"MESSAGING_DASHBOARD_AUTH": ("admin",)}, TypeError, '("user", "password")'),
+        ({"MESSAGING_DASHBOARD_AUTH": ("admin", "")}, TypeError, "non-empty"),
+        ({"MESSAGING_DASHBOARD_URL_PREFIX": "rq"}, ValueError, "such as '/rq'"),
+        ({"MESSAGING_DASHBOARD_URL_PREFIX": "/"}, ValueError, "or None"),
+    ],
+)
+def test_bad_dashboard_config_is_a_clear_error(
+    config: dict[str, Any], error: type[Exception], says: str
+) -> None:
+    app = Flask("bad")
+    app.config.update(MESSAGING_REDIS_URL="memory://", **config)
+    with pytest.raises(error, match=re.escape(says)) as caught:
+        Messaging(app)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_an_rq_dashboard_already_mounted_is_a_clear_error() -> None:
+    app = Flask("twice")
+    app.register_blueprint(rq_dashboard.blueprint, url_prefix="/mine")
+    with pytest.raises(RuntimeError, match="already registered"):
+        Messaging(app, db=None)
+
+
+def test_static_files_are_served_once_logged_in(app: Flask) -> None:
+    response = app.test_client().get(
+        "/rq/static/js/jquery-3.5.1.min.js", headers=basic()
+    )
+    assert response.status_code == 200
+    assert "no-store" not in response.headers.get("Cache-Control", "")
+    response.close()
