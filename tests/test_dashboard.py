@@ -358,7 +358,10 @@ def test_pickle_in_a_job_is_never_unpickled(app: Flask, tmp_path: Path) -> None:
     )
     assert response.json == {"status": "OK"}
     assert not sentinel.exists()
-    assert redis.hget(f"rq:job:{jobs.failed}", "meta") == payload  # left as it was
+    meta = redis.hget(f"rq:job:{jobs.failed}", "meta")
+    # RQ 3 writes unreadable meta back as it was; RQ 2.12 wraps it as JSON.
+    # Either way it was never unpickled.
+    assert meta == payload or meta.startswith(b'{"unserialized":')
 
 
 def test_message_payload_never_reaches_a_page_unescaped(app: Flask) -> None:
