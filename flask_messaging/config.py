@@ -25,6 +25,7 @@ DEFAULTS: Mapping[str, Any] = {
     "MESSAGING_FAILURE_TTL": _DEFAULT_JOBS.failure_ttl,
     "MESSAGING_JOB_TTL": _DEFAULT_JOBS.ttl,
     "MESSAGING_MAX_MESSAGE_BYTES": 1024 * 1024,
+    "MESSAGING_EMBEDDED_WORKER": True,
     "MESSAGING_SIGNING_KEY": None,
     "MESSAGING_SIGNING_FALLBACK_KEYS": None,
     "MESSAGING_OUTBOX": True,
@@ -63,6 +64,8 @@ class Settings:
     jobs: JobOptions
     max_message_bytes: int | None
     outbox: OutboxSettings
+    #: With ``memory://``: run jobs in a worker thread of the app's process.
+    embedded_worker: bool
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -81,6 +84,7 @@ class Settings:
             max_message_bytes=_optional_count(
                 config, "MESSAGING_MAX_MESSAGE_BYTES", minimum=1
             ),
+            embedded_worker=_boolean(config, "MESSAGING_EMBEDDED_WORKER"),
             outbox=OutboxSettings(
                 enabled=_boolean(config, "MESSAGING_OUTBOX"),
                 table=_string(config, "MESSAGING_OUTBOX_TABLE"),

@@ -152,6 +152,8 @@ class EmbeddedJobs(RQJobs):
 
     def _start_worker(self) -> None:
         state = self._state
+        if not state.settings.embedded_worker:
+            return  # jobs wait for make_worker(app).work(), run by hand
         with self._lock:
             if state.embedded_worker is None:
                 state.embedded_worker = EmbeddedWorker(state)

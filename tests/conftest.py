@@ -187,6 +187,9 @@ def make_app(redis_url: str) -> Iterator[Callable[..., Flask]]:
             MESSAGING_REDIS_URL=redis_url,
             MESSAGING_ASYNC=True,
             MESSAGING_RETRY=0,
+            # Tests drain the queues with workers of their own; on the embedded
+            # fallback a worker thread would race them.
+            MESSAGING_EMBEDDED_WORKER=redis_url != "memory://",
         )
         app.config.update(config)
         (messaging or Messaging()).init_app(app, db=db)

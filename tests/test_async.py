@@ -206,7 +206,10 @@ def test_worker_listens_on_configured_then_subscribed_queues(
     assert worker.queue_names() == ["urgent", "default", "reports"]
 
 
-def test_jobs_survive_a_signing_key_rotation(make_app: Callable[..., Flask]) -> None:
+def test_jobs_survive_a_signing_key_rotation(
+    make_app: Callable[..., Flask], real_redis_url: str
+) -> None:
+    # Two apps sharing one Redis: a real server (memory:// is per app).
     old = make_app(worker_app.messaging, SECRET_KEY="old key")
     new = make_app(
         worker_app.messaging, SECRET_KEY="new key", SECRET_KEY_FALLBACKS=["old key"]

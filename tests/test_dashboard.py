@@ -512,7 +512,10 @@ def wait_for(condition: Callable[[], object], timeout: float = 15) -> None:
 def embedded(make_app: Callable[..., Flask]) -> Iterator[Flask]:
     release.clear()
     app = make_app(
-        messaging, MESSAGING_REDIS_URL="memory://", MESSAGING_DASHBOARD_AUTH=AUTH
+        messaging,
+        MESSAGING_REDIS_URL="memory://",
+        MESSAGING_EMBEDDED_WORKER=True,
+        MESSAGING_DASHBOARD_AUTH=AUTH,
     )
     yield app
     release.set()

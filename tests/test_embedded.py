@@ -29,7 +29,11 @@ def wait_for(condition: Callable[[], object], timeout: float = 15) -> None:
 def test_messages_flow_through_rq_in_a_worker_thread(
     make_app: Callable[..., Flask],
 ) -> None:
-    app = make_app(worker_app.messaging, MESSAGING_REDIS_URL="memory://")
+    app = make_app(
+        worker_app.messaging,
+        MESSAGING_REDIS_URL="memory://",
+        MESSAGING_EMBEDDED_WORKER=True,
+    )
     state = get_state(app)
     assert state.embedded_worker is None  # started by the first job
     with app.app_context():
@@ -52,6 +56,7 @@ def test_retries_with_an_interval_are_scheduled_in_process(
     app = make_app(
         worker_app.messaging,
         MESSAGING_REDIS_URL="memory://",
+        MESSAGING_EMBEDDED_WORKER=True,
         MESSAGING_RETRY_INTERVALS=[1],
     )
     state = get_state(app)

@@ -92,7 +92,7 @@ def test_unsigned_job_is_refused(app: Flask) -> None:
 
 
 def test_job_signed_with_another_key_is_refused(
-    make_app: Callable[..., Flask],
+    make_app: Callable[..., Flask], real_redis_url: str
 ) -> None:
     publisher = make_app(worker_app.messaging, SECRET_KEY="attacker")
     worker = make_app(worker_app.messaging, SECRET_KEY="ours")
@@ -160,7 +160,7 @@ def test_pickle_injected_in_data_and_meta_is_never_unpickled(
 
 
 def test_unknown_handler_fails_clearly_then_succeeds_after_requeue(
-    make_app: Callable[..., Flask],
+    make_app: Callable[..., Flask], real_redis_url: str
 ) -> None:
     publisher = make_app(worker_app.messaging)
     old_worker = make_app()  # older code: no subscription to Ping at all
