@@ -113,6 +113,12 @@ def subscribers_command(as_json: bool) -> None:
     "--max-jobs", type=click.IntRange(min=1), help="Quit after this many jobs."
 )
 @click.option(
+    "--relay/--no-relay",
+    default=False,
+    show_default=True,
+    help="Also relay the outbox from this process (see 'flask messaging relay').",
+)
+@click.option(
     "--logging-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -127,6 +133,7 @@ def worker_command(
     fork: bool,
     scheduler: bool,
     max_jobs: int | None,
+    relay: bool,
     logging_level: str,
 ) -> None:
     """Run workers that deliver async messages.
@@ -145,6 +152,14 @@ def worker_command(
         raise click.ClickException(
             f"Cannot reach Redis at {state.settings.redis_url}: {exc}"
         ) from None
+    outbox_relay = None
+    if relay:
+        from .outbox import Relay
+
+        try:
+            outbox_relay = Relay(state)
+        except RuntimeError as exc:
+            raise click.UsageError(str(exc)) from None
     status = run_workers(
         app,
         queues,
@@ -154,6 +169,7 @@ def worker_command(
         fork=fork,
         max_jobs=max_jobs,
         logging_level=logging_level.upper(),
+        relay=outbox_relay,
     )
     if status:
         raise SystemExit(status)

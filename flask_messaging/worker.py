@@ -5,9 +5,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask
 from rq import SimpleWorker, Worker
@@ -16,6 +18,9 @@ from rq.worker import BaseWorker
 from .dispatch import MessagingJob
 from .extension import get_state
 from .serializer import JSONSerializer
+
+if TYPE_CHECKING:
+    from .outbox import Relay
 
 __all__ = ["ForkingMessagingWorker", "MessagingWorker", "make_worker", "run_workers"]
 
@@ -88,11 +93,15 @@ def run_workers(
     fork: bool = False,
     max_jobs: int | None = None,
     logging_level: str = "INFO",
+    relay: Relay | None = None,
 ) -> int:
     """Run ``processes`` workers until they stop; return an exit status.
 
     SIGTERM or SIGINT asks each worker for a warm shutdown: it finishes the
     job in hand, then exits. A second one stops it at once.
+
+    :param relay: also relay the outbox from this process: one pass before a
+        burst, else in a thread for as long as the workers run.
     """
     work_kwargs: dict[str, Any] = {
         "burst": burst,
@@ -100,8 +109,13 @@ def run_workers(
         "max_jobs": max_jobs,
         "logging_level": logging_level,
     }
+    if relay is not None and burst:
+        with app.app_context():
+            relay.run_once()
+        relay = None
     if processes == 1:
-        make_worker(app, queues, fork=fork).work(**work_kwargs)
+        with _relaying(app, relay):
+            make_worker(app, queues, fork=fork).work(**work_kwargs)
         return 0
 
     # One worker per child process; the parent only relays signals and waits.
@@ -115,13 +129,16 @@ def run_workers(
     for child in children:
         child.start()
 
-    def relay(signum: int, frame: FrameType | None) -> None:
+    def forward(signum: int, frame: FrameType | None) -> None:
         for child in children:
             if child.pid is not None and child.is_alive():
                 os.kill(child.pid, signum)
 
+    # Threads start after the fork: a child must not inherit their locks.
+    relaying = _relaying(app, relay)
+    relaying.__enter__()
     previous = {
-        sig: signal.signal(sig, relay) for sig in (signal.SIGTERM, signal.SIGINT)
+        sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)
     }
     try:
         for child in children:
@@ -129,7 +146,29 @@ def run_workers(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        relaying.__exit__(None, None, None)
     return max((child.exitcode or 0) for child in children)
+
+
+@contextmanager
+def _relaying(app: Flask, relay: Relay | None) -> Iterator[None]:
+    """Run ``relay`` in a thread of this process inside the block."""
+    if relay is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def run() -> None:
+        with app.app_context():
+            relay.run(stop)
+
+    thread = threading.Thread(target=run, name="flask-messaging-relay", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 def _child(

@@ -352,3 +352,37 @@ def test_relay_says_how_to_create_a_missing_table(app: Flask) -> None:
     db.drop_all()
     with pytest.raises(RuntimeError, match=r"db.create_all\(\)"):
         Relay(get_state())
+
+
+def test_worker_relays_the_outbox_before_a_burst(
+    database_url: str, private_redis: RedisServer
+) -> None:
+    app = make(database_url, private_redis.url)
+    private_redis.stop()
+    with app.app_context():
+        with _quiet():
+            register_users(2)
+        db.session.remove()
+    private_redis.start()
+    worker = flask(database_url, private_redis.url, "worker", "--burst", "--relay")
+    assert worker.returncode == 0, worker.stderr
+    redis = Redis.from_url(private_redis.url)
+    assert sorted(e["email"] for e in handled(redis)) == [
+        "u0@example.com",
+        "u1@example.com",
+    ]
+    redis.close()
+
+
+def test_worker_relay_needs_an_outbox(real_redis_url: str) -> None:
+    process = flask_messaging_command(
+        "tests.worker_app:create_app",
+        "worker",
+        "--burst",
+        "--relay",
+        env={"MESSAGING_REDIS_URL": real_redis_url},
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "bind a database" in stderr
