@@ -1,0 +1,198 @@
+"""The app the reliability tests put under faults.
+
+``create_app()`` reads ``DATABASE_URL``, ``MESSAGING_REDIS_URL`` and
+``HISTORY_REDIS_URL`` (where handlers record their runs: a Redis server the
+tests never fault) from the environment, and ``FLASK_MESSAGING_*`` overrides,
+so that worker and relay processes load the same app.
+
+Every handler records each of its runs (:func:`observed`), before any
+idempotency guard, so the history shows repeats even when the guard absorbs
+them; the guarded effect is recorded separately.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from redis import Redis
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from flask_messaging import Message, Messaging
+from flask_messaging.idempotency import DatabaseMarks, idempotent
+from flask_messaging.transaction import register_event
+
+from .history import History
+
+db = SQLAlchemy()
+messaging = Messaging()
+#: Marks committed with the effects of :func:`apply_work`.
+marks = DatabaseMarks(db, table="reliability_handled")
+
+#: The one queue of these handlers (workers listen on the default queues too).
+QUEUE = "reliability"
+OUTBOX_TABLE = "reliability_outbox"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Published(db.Model):  # type: ignore[name-defined,misc]
+    """One row per message, in the publishing transaction: what committed."""
+
+    __tablename__ = "reliability_published"
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class Effect(db.Model):  # type: ignore[name-defined,misc]
+    """What :func:`apply_work` did; no unique key, so repeats would show."""
+
+    __tablename__ = "reliability_effects"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token: Mapped[str] = mapped_column(String(64), index=True)
+
+
+@dataclass(frozen=True)
+class Work(Message, name="tests.reliability.work"):
+    token: str
+
+
+@dataclass(frozen=True)
+class Hold(Message, name="tests.reliability.hold"):
+    """Its handler notes its pid, and its first run holds for ``seconds``."""
+
+    token: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Overrun(Message, name="tests.reliability.overrun"):
+    """Its handler's first run takes ``seconds``, past its 1 s timeout."""
+
+    token: str
+    seconds: float
+
+
+_history: History | None = None
+
+
+def history() -> History:
+    """This process's recorder, on ``HISTORY_REDIS_URL``."""
+    global _history
+    if _history is None:
+        _history = History(Redis.from_url(os.environ["HISTORY_REDIS_URL"]))
+    return _history
+
+
+def observed(handler: F) -> F:
+    """Record every run of ``handler``, as ``<name>:runs``, then call it."""
+
+    @functools.wraps(handler)
+    def wrapper(event: Any) -> Any:
+        history().handled(f"{handler.__name__}:runs", event.token)
+        return handler(event)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@messaging.subscribe_async(queue_name=QUEUE)
+@observed
+@idempotent(store=marks)
+def apply_work(event: Work) -> None:
+    """Exactly once: its effect row commits with its idempotency mark."""
+    db.session.add(Effect(token=event.token))
+
+
+def sampled(token: str) -> bool:
+    """One token in five, the same in every process."""
+    return zlib.crc32(token.encode()) % 5 == 0
+
+
+def is_sampled(event: Work) -> bool:
+    return sampled(event.token)
+
+
+@messaging.subscribe_async(queue_name=QUEUE, predicate=is_sampled)
+@observed
+@idempotent
+def count_work(event: Work) -> None:
+    """Once, best effort: Redis marks, its effect in the history's Redis.
+
+    Subscribed to a sample of the messages, to keep runs short.
+    """
+    history().handled("count_work", event.token)
+
+
+@messaging.subscribe_async(queue_name=QUEUE)
+@observed
+@idempotent
+def hold(event: Hold) -> None:
+    history().note(f"pid:{event.token}", str(os.getpid()))
+    if history().runs("hold:runs").get(event.token) == 1:
+        time.sleep(event.seconds)  # the first run waits there to be killed
+    history().handled("hold", event.token)
+
+
+@messaging.subscribe_async(queue_name=QUEUE, timeout=1)
+@observed
+@idempotent
+def overrun(event: Overrun) -> None:
+    history().note("overrun", str(os.getpid()))
+    if history().runs("overrun:runs").get(event.token) == 1:
+        time.sleep(event.seconds)  # stopped by the job timeout
+    history().handled("overrun", event.token)
+
+
+def commit(
+    messages: Sequence[Work | Hold | Overrun], *, rollback: bool = False
+) -> None:
+    """One transaction: a row and an event per message; commit or roll back."""
+    for message in messages:
+        db.session.add(Published(token=message.token))
+        register_event(message)
+    if rollback:
+        db.session.rollback()
+    else:
+        db.session.commit()
+
+
+def crash_after_taking_a_job() -> None:
+    """Fault injection: this worker process dies right after taking a job.
+
+    Before RQ registers the job as started: the moment a ``kill -9``, a lost
+    machine or a Redis reply lost on its way back would strike.
+    """
+    from flask_messaging.worker import MessagingWorker
+
+    def die(self: Any, job: Any, queue: Any) -> None:
+        os._exit(3)
+
+    MessagingWorker.execute_job = die  # type: ignore[method-assign]
+
+
+def create_app(**config: Any) -> Flask:
+    app = Flask("reliability_app")
+    app.config.update(
+        SECRET_KEY="reliability secret",
+        SQLALCHEMY_DATABASE_URI=os.environ.get("DATABASE_URL", "sqlite://"),
+        MESSAGING_REDIS_URL=os.environ.get("MESSAGING_REDIS_URL", "memory://"),
+        MESSAGING_OUTBOX_TABLE=OUTBOX_TABLE,
+        MESSAGING_RETRY=5,
+        MESSAGING_RETRY_INTERVALS=[0],
+        MESSAGING_RELAY_DELAY=1,
+        MESSAGING_RELAY_INTERVAL=0.2,
+    )
+    app.config.from_prefixed_env()  # FLASK_MESSAGING_...=… from the tests
+    app.config.update(config)
+    db.init_app(app)
+    messaging.init_app(app, db=db)
+    if os.environ.get("RELIABILITY_CRASH_AFTER_TAKING_A_JOB"):
+        crash_after_taking_a_job()
+    return app

@@ -1,0 +1,119 @@
+"""Fixtures of the reliability suite: real servers, real processes, real faults.
+
+Faults are injected into servers and processes of each test's own: a
+``redis-server`` with an append-only file on a free port (never the suite's
+shared one), worker and relay processes in sessions of their own. The
+history of a run is kept on the suite's shared Redis, which no test faults.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from redis import Redis
+
+from flask_messaging.extension import get_state
+
+from ..conftest import RedisServer, missing_server
+from .app import create_app, db
+from .harness import Processes
+from .history import History
+
+#: Every acknowledged write on disk before the reply: a restart loses nothing.
+AOF = ("--appendonly", "yes", "--appendfsync", "always")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Lets the marker work under --strict-markers before pyproject lists it.
+    config.addinivalue_line(
+        "markers", "reliability: injects real faults into real servers (slow)"
+    )
+
+
+@pytest.fixture
+def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, persisting every write (AOF always)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        missing_server("redis-server is not installed")
+    assert binary is not None
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(binary, str(directory))
+    server.start(*AOF)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def history(real_redis_url: str) -> Iterator[History]:
+    """The run's history, on the suite's Redis (flushed for each test)."""
+    client = Redis.from_url(real_redis_url)
+    try:
+        yield History(client)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def make_rel_app(
+    postgres_url: str, real_redis_url: str
+) -> Iterator[Callable[..., Flask]]:
+    """Build the reliability app on PostgreSQL, with fresh tables.
+
+    ``redis_url`` defaults to the suite's Redis; the tables are dropped after
+    the test.
+    """
+    apps: list[Flask] = []
+
+    def make(redis_url: str | None = None, **config: Any) -> Flask:
+        app = create_app(
+            SQLALCHEMY_DATABASE_URI=postgres_url,
+            MESSAGING_REDIS_URL=redis_url or real_redis_url,
+            **config,
+        )
+        with app.app_context():
+            db.drop_all()
+            db.create_all()
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        with app.app_context():
+            db.session.remove()
+            db.drop_all()
+            db.engine.dispose()
+        state = get_state(app)
+        if "redis" in state.__dict__:
+            state.redis.close()
+
+
+@pytest.fixture
+def processes(
+    tmp_path: Path, postgres_url: str, real_redis_url: str
+) -> Iterator[Processes]:
+    """Start ``flask messaging`` workers and relays of the reliability app.
+
+    Their Redis is the suite's unless the test sets
+    ``processes.env["MESSAGING_REDIS_URL"]``; every process is stopped after.
+    """
+    group = Processes(
+        tmp_path,
+        {
+            "DATABASE_URL": postgres_url,
+            "MESSAGING_REDIS_URL": real_redis_url,
+            "HISTORY_REDIS_URL": real_redis_url,
+        },
+    )
+    try:
+        yield group
+    finally:
+        group.stop_all()
