@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -12,6 +13,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask
+from redis.exceptions import RedisError
 from rq import SimpleWorker, Worker
 from rq.worker import BaseWorker
 
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["ForkingMessagingWorker", "MessagingWorker", "make_worker", "run_workers"]
 
 W = TypeVar("W", bound=BaseWorker)
+
+logger = logging.getLogger("flask_messaging")
 
 
 class _AppContextMixin:
@@ -115,7 +119,7 @@ def run_workers(
         relay = None
     if processes == 1:
         with _relaying(app, relay):
-            make_worker(app, queues, fork=fork).work(**work_kwargs)
+            _work(app, queues, fork, work_kwargs)
         return 0
 
     # One worker per child process; the parent only relays signals and waits.
@@ -177,4 +181,53 @@ def _child(
     # The parent's Redis connections must not be shared: a fresh client.
     state = get_state(app)
     state.__dict__.pop("redis", None)
-    make_worker(app, queues, fork=fork).work(**work_kwargs)
+    _work(app, queues, fork, work_kwargs)
+
+
+def _work(
+    app: Flask, queues: Sequence[str], fork: bool, work_kwargs: dict[str, Any]
+) -> None:
+    """Run a worker until asked to stop, replacing it if RQ's loop gives up.
+
+    RQ's work loop quits, as if done, when Redis is unreachable at the wrong
+    moment (as a job ends, say): a worker that nobody asked to stop is
+    replaced after a growing pause, so a Redis restart does not leave the
+    queues without workers.
+    """
+    pause = 1.0
+    while True:
+        worker: BaseWorker = make_worker(app, queues, fork=fork)
+        try:
+            worker.work(**work_kwargs)
+        except (RedisError, OSError):
+            if work_kwargs["burst"]:
+                raise
+            logger.warning("The worker lost Redis.", exc_info=True)
+        else:
+            asked_to_stop = worker._stop_requested or (
+                worker._shutdown_requested_date is not None
+            )
+            if asked_to_stop or work_kwargs["burst"] or work_kwargs["max_jobs"]:
+                return
+        logger.warning(
+            "The worker stopped unasked (Redis unreachable?); a new one starts"
+            " in %.0f s.",
+            pause,
+        )
+        if _pause(pause):
+            return
+        pause = min(pause * 2, 30.0)
+
+
+def _pause(seconds: float) -> bool:
+    """Sleep, or return True at once if SIGTERM or SIGINT arrives."""
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set())
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        return stop.wait(seconds)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

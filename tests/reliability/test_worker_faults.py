@@ -193,11 +193,6 @@ def test_a_worker_that_dies_right_after_taking_a_job_loses_nothing(
     assert history.check("apply_work:runs", {"w"}).lost == frozenset()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a worker quits (exit status 0 or 1) when Redis is unreachable as"
-    " its job ends (RQ's work loop); see docs/reliability.md",
-)
 def test_a_worker_outlives_redis_going_away_during_a_job(
     make_rel_app: Callable[..., Flask],
     processes: Processes,
