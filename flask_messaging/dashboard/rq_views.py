@@ -26,7 +26,7 @@ from flask import (
 )
 from markupsafe import escape
 from rq import Queue, Worker
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import (
     BaseRegistry,
@@ -43,6 +43,7 @@ from rq_dashboard import web
 from ..dispatch import MessagingJob
 from ..extension import get_state
 from ..serializer import JSONSerializer, ReadOnlySerializer
+from ..status import requeue_failed, requeue_failed_job
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -314,21 +315,15 @@ def _delete(job_id: str, registry: BaseRegistry | None = None) -> bool:
 def _requeue_job_view(job_id: str) -> Response:
     try:
         job = MessagingJob.fetch(job_id, connection=_redis(), serializer=JSONSerializer)
-        _failed(job.origin).requeue(job)
-    except (NoSuchJobError, InvalidJobOperation):
+    except NoSuchJobError:
+        return _json({"status": "ERROR"}, 404)
+    if not requeue_failed_job(get_state(), job.origin, job_id):
         return _json({"status": "ERROR"}, 404)
     return _json({"status": "OK"})
 
 
 def _requeue_all(queue_name: str) -> Response:
-    registry = _failed(queue_name)
-    count = 0
-    for job_id in registry.get_job_ids(cleanup=False):
-        try:
-            registry.requeue(job_id)
-        except (NoSuchJobError, InvalidJobOperation):
-            continue  # gone meanwhile
-        count += 1
+    count = requeue_failed(get_state(), (queue_name,))
     return _json({"status": "OK", "count": count})
 
 
@@ -349,15 +344,6 @@ def _empty_queue(queue_name: str, registry_name: str) -> Response:
     for job_id in registry.get_job_ids(cleanup=False):
         _delete(job_id, registry)
     return _json({"status": "OK"})
-
-
-def _failed(queue_name: str) -> FailedJobRegistry:
-    return FailedJobRegistry(
-        queue_name,
-        connection=_redis(),
-        serializer=JSONSerializer,
-        job_class=MessagingJob,
-    )
 
 
 def unreviewed(**kwargs: Any) -> Response:
