@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import enum
-import hashlib
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from redis.exceptions import NoScriptError
 from rq import Queue, Retry
 from rq.utils import now as utcnow
 from rq.utils import utcformat
 
+from .dequeue import MessagingQueue
+from .lua import LuaScript
 from .serializer import JSONSerializer
 from .signing import Signer
 
@@ -98,7 +98,7 @@ class RQJobs:
     def queue(self, name: str) -> Queue:
         queue = self._queues.get(name)
         if queue is None:
-            queue = self._queues[name] = Queue(
+            queue = self._queues[name] = MessagingQueue(
                 name, connection=self._connection(), serializer=JSONSerializer
             )
         return queue
@@ -302,32 +302,7 @@ return result
 """
 
 
-class _Script:
-    """A Lua script run by EVALSHA, loaded when the server does not know it."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    def run_all(
-        self, connection: Redis, calls: Sequence[tuple[list[str], list[Any]]]
-    ) -> list[Any]:
-        """Run the script once per (keys, args), in one pipeline round trip."""
-        for attempt in range(2):
-            pipe = connection.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(self.sha, len(keys), *keys, *args)
-            try:
-                return pipe.execute()
-            except NoScriptError:
-                # A restarted or flushed server: nothing ran; load and retry.
-                if attempt:
-                    raise
-                connection.script_load(self.source)
-        raise AssertionError("unreachable")
-
-
-_enqueue_once_script = _Script(_ENQUEUE_ONCE)
+_enqueue_once_script = LuaScript(_ENQUEUE_ONCE)
 
 
 def _script_arguments(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
 from rq.registry import (
     BaseRegistry,
     FailedJobRegistry,
@@ -20,12 +24,16 @@ from .dispatch import MessagingJob
 from .serializer import JSONSerializer, ReadOnlySerializer
 
 if TYPE_CHECKING:
+    from redis import Redis
+
     from .extension import MessagingState
 
 __all__ = [
     "Failure",
     "QueueStatus",
+    "UnreadableJob",
     "WorkerStatus",
+    "fetch_jobs",
     "outbox_backlog",
     "queue_status",
     "recent_failures",
@@ -33,6 +41,8 @@ __all__ = [
     "requeue_failed_job",
     "worker_status",
 ]
+
+logger = logging.getLogger("flask_messaging")
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,53 @@ class Failure:
     description: str
     error: str
     failed_at: datetime.datetime | None
+
+
+@dataclass(frozen=True)
+class UnreadableJob:
+    """A job hash RQ cannot parse (rewritten by hand, or by a foreign tool)."""
+
+    id: str
+    #: RQ's complaint.
+    error: str
+
+    description = "(a job RQ cannot read)"
+
+
+def fetch_jobs(connection: Redis, ids: Sequence[str]) -> list[Job | UnreadableJob]:
+    """The jobs of ``ids`` that still exist, read without unpickling anything.
+
+    A hash RQ cannot parse comes back as an :class:`UnreadableJob` instead of
+    failing the whole list.
+    """
+    try:
+        jobs = MessagingJob.fetch_many(
+            ids, connection=connection, serializer=ReadOnlySerializer
+        )
+        return [job for job in jobs if job is not None]
+    except RedisError:
+        raise
+    except Exception:
+        pass  # at least one is unreadable: read them one by one
+    readable: list[Job | UnreadableJob] = []
+    for job_id in ids:
+        try:
+            readable.append(
+                MessagingJob.fetch(
+                    job_id, connection=connection, serializer=ReadOnlySerializer
+                )
+            )
+        except NoSuchJobError:
+            continue
+        except RedisError:
+            raise
+        except Exception as exc:  # RQ raises anything, AssertionError included
+            readable.append(UnreadableJob(job_id, _describe(exc)))
+    return readable
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _queue(state: MessagingState, name: str) -> Queue:
@@ -129,11 +186,17 @@ def recent_failures(state: MessagingState, limit: int = 50) -> list[Failure]:
         )
         # Scored by expiry: failure time plus the same TTL for every job.
         ids = registry.get_job_ids(0, limit - 1, desc=True, cleanup=False)
-        jobs = MessagingJob.fetch_many(
-            ids, connection=state.redis, serializer=ReadOnlySerializer
-        )
-        for job in jobs:
-            if job is None:
+        for job in fetch_jobs(state.redis, ids):
+            if isinstance(job, UnreadableJob):
+                failures.append(
+                    Failure(
+                        job_id=job.id,
+                        queue=name,
+                        description=job.description,
+                        error=job.error,
+                        failed_at=None,
+                    )
+                )
                 continue
             result = job.latest_result()
             failures.append(
@@ -156,20 +219,31 @@ def requeue_failed(state: MessagingState, queues: tuple[str, ...] = ()) -> int:
     count = 0
     for name in queues or state.queue_names():
         registry = _failed(state, name)
-        for job_id in registry.get_job_ids(cleanup=False):
-            try:
-                registry.requeue(job_id)
-            except (NoSuchJobError, InvalidJobOperation):
-                continue  # expired or requeued meanwhile
-            count += 1
+        count += sum(
+            _requeue(registry, job_id) for job_id in registry.get_job_ids(cleanup=False)
+        )
     return count
 
 
 def requeue_failed_job(state: MessagingState, queue: str, job_id: str) -> bool:
     """Put one failed job back on its queue; False if it is not failed there."""
+    return _requeue(_failed(state, queue), job_id)
+
+
+def _requeue(registry: FailedJobRegistry, job_id: str) -> bool:
+    """Requeue one failed job; False if it cannot be (and it stays failed)."""
     try:
-        _failed(state, queue).requeue(job_id)
+        registry.requeue(job_id)
     except (NoSuchJobError, InvalidJobOperation):
+        return False  # expired or requeued meanwhile
+    except RedisError:
+        raise
+    except Exception as exc:  # a hash RQ cannot parse
+        logger.warning(
+            "Failed job %s cannot be read (%s): it stays failed; delete it.",
+            job_id,
+            _describe(exc),
+        )
         return False
     return True
 

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
@@ -14,9 +15,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask
 from redis.exceptions import RedisError
-from rq import SimpleWorker, Worker
+from rq import Queue, SimpleWorker, Worker
+from rq.job import Job, JobStatus
 from rq.worker import BaseWorker
 
+from .dequeue import MessagingQueue
 from .dispatch import MessagingJob
 from .extension import get_state
 from .serializer import JSONSerializer
@@ -41,6 +44,48 @@ class _AppContextMixin:
     def perform_job(self, *args: Any, **kwargs: Any) -> Any:
         with self.app.app_context():
             return super().perform_job(*args, **kwargs)  # type: ignore[misc]
+
+    def prepare_job_execution(
+        self, job: Job, remove_from_intermediate_queue: bool = False
+    ) -> None:
+        # MessagingQueue moves every job it hands out to the intermediate
+        # list, whatever the number of queues: always take it off there.
+        super().prepare_job_execution(job, True)  # type: ignore[misc]
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        # RQ's work loop quits on an error it did not expect, such as a job
+        # hash it cannot parse: fail that job instead, and take the next.
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(  # type: ignore[misc,no-any-return]
+                    timeout, max_idle_time
+                )
+            except Exception as exc:
+                job_id = getattr(exc, "job_id", None)
+                queue = getattr(exc, "queue", None)
+                if job_id is None or not isinstance(queue, Queue):
+                    raise
+                self._fail_unreadable(job_id, queue, exc)
+
+    def _fail_unreadable(self, job_id: str, queue: Queue, exc: Exception) -> None:
+        """Move a job RQ cannot read to the failed registry, for a person."""
+        logger.error(
+            "Job %s on queue %s cannot be read; it is moved to the failed"
+            " registry, for a person to look at and delete.",
+            job_id,
+            queue.name,
+            exc_info=exc,
+        )
+        failure_ttl = get_state(self.app).settings.jobs.failure_ttl
+        with queue.connection.pipeline() as pipe:
+            pipe.zadd(
+                queue.failed_job_registry.key, {job_id: time.time() + failure_ttl}
+            )
+            pipe.hset(Job.key_for(job_id), "status", JobStatus.FAILED.value)
+            pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+            pipe.execute()
 
 
 class MessagingWorker(_AppContextMixin, SimpleWorker):
@@ -79,6 +124,7 @@ def make_worker(
         name=name,
         connection=state.redis,
         job_class=MessagingJob,
+        queue_class=MessagingQueue,
         serializer=JSONSerializer,
         default_result_ttl=state.settings.jobs.result_ttl,
         app=app,

@@ -19,6 +19,7 @@ from flask_messaging import (
     MessageEncodeError,
     get_message_broker,
 )
+from flask_messaging.dequeue import MessagingQueue
 from flask_messaging.dispatch import MessagingJob
 from flask_messaging.envelope import encode as codec_encode
 from flask_messaging.extension import get_state
@@ -238,7 +239,12 @@ def test_jobs_are_written_exactly_as_rq_writes_them(
 
     recorder = state.redis.pipeline(transaction=False)
     signature = state.signer.sign(subscription.key, data)
-    Queue(LOW_PRIORITY, connection=state.redis, serializer=JSONSerializer).enqueue_many(
+    # RQ's own enqueue_many, through the queue class our workers take jobs
+    # with (its only addition: a wake token, see flask_messaging.dequeue).
+    queue = MessagingQueue(
+        LOW_PRIORITY, connection=state.redis, serializer=JSONSerializer
+    )
+    queue.enqueue_many(
         [
             Queue.prepare_data(
                 DISPATCH_FUNCTION,

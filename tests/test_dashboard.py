@@ -27,6 +27,7 @@ from rq_dashboard import web
 from flask_messaging import Message, Messaging, get_message_broker
 from flask_messaging.extension import get_state
 from flask_messaging.queue_names import DEFAULT_PRIORITY, HIGH_PRIORITY, LOW_PRIORITY
+from flask_messaging.status import UnreadableJob
 from flask_messaging.worker import make_worker
 
 AUTH = ("admin", "correct horse")
@@ -648,3 +649,21 @@ def test_static_files_are_served_once_logged_in(app: Flask) -> None:
     assert response.status_code == 200
     assert "no-store" not in response.headers.get("Cache-Control", "")
     response.close()
+
+
+def test_a_failed_job_rq_cannot_read_is_listed_not_a_crash(app: Flask) -> None:
+    jobs = publish_notes(app, "a note")
+    redis = get_state(app).redis
+    redis.hset(f"rq:job:{jobs.failed}", "created_at", "yesterday")
+    client = app.test_client()
+    listed = client.get(
+        f"/rq/0/data/jobs/{HIGH_PRIORITY}/failed/8/asc/1.json", headers=basic()
+    )
+    assert listed.status_code == 200
+    (row,) = listed.json["jobs"]
+    assert row["id"] == jobs.failed
+    assert row["description"] == UnreadableJob.description
+    assert row["exc_info"].startswith("ValueError: time data 'yesterday'")
+    page = client.get("/rq/messaging/", headers=basic())
+    assert page.status_code == 200
+    assert UnreadableJob.description in page.text

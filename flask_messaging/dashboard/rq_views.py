@@ -43,7 +43,7 @@ from rq_dashboard import web
 from ..dispatch import MessagingJob
 from ..extension import get_state
 from ..serializer import JSONSerializer, ReadOnlySerializer
-from ..status import requeue_failed, requeue_failed_job
+from ..status import UnreadableJob, fetch_jobs, requeue_failed, requeue_failed_job
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -170,9 +170,7 @@ def _list_jobs(
     connection = _redis()
     queue = Queue(queue_name, connection=connection, serializer=ReadOnlySerializer)
     total, ids = _page_of_ids(queue, registry_name, size, current, order == "dsc")
-    jobs = MessagingJob.fetch_many(
-        ids, connection=connection, serializer=ReadOnlySerializer
-    )
+    jobs = fetch_jobs(connection, ids)
 
     def link(number: int) -> dict[str, Any]:
         return {
@@ -205,7 +203,7 @@ def _list_jobs(
             "name": str(escape(queue_name)),
             "registry_name": str(escape(registry_name)),
             # jobs.html escapes description and exc_info itself.
-            "jobs": [_job_row(job) for job in jobs if job is not None],
+            "jobs": [_job_row(job) for job in jobs],
             "pagination": pagination,
         }
     )
@@ -238,7 +236,16 @@ def _page_of_ids(
     return total, ids[::-1] if descending else ids
 
 
-def _job_row(job: Job) -> dict[str, Any]:
+def _job_row(job: Job | UnreadableJob) -> dict[str, Any]:
+    if isinstance(job, UnreadableJob):
+        return {
+            "id": str(escape(job.id)),
+            "created_at": None,
+            "started_at": None,
+            "ended_at": None,
+            "exc_info": job.error,
+            "description": job.description,
+        }
     result = job.latest_result()
     return {
         "id": str(escape(job.id)),

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import pytest
 from flask import Flask
 
-from .app import QUEUE, Work, commit, db, sampled
+from .app import Work, commit, db, sampled
 from .fleet import Fleet, db_committed, diagnose, reports, wait_for_quiet
 from .harness import Processes
 from .history import History
@@ -45,7 +45,6 @@ FLEET = {
     **{
         f"workers-{n}": (
             "worker",
-            QUEUE,
             "--processes",
             "2",
             "--logging-level",

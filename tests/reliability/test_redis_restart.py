@@ -26,7 +26,7 @@ import pytest
 from flask import Flask
 
 from ..conftest import RedisServer
-from .app import QUEUE, Work, commit, db, sampled
+from .app import Work, commit, db, sampled
 from .conftest import AOF
 from .fleet import Fleet, diagnose, reports, wait_for_quiet
 from .harness import Processes, wait_until
@@ -41,14 +41,10 @@ ROLLBACK_EVERY = 10
 #: jobs to fail against it.
 DOWNTIME = 1.0
 
-# One queue per worker: RQ then takes jobs with LMOVE through an intermediate
-# list, from which it recovers a job whose worker (or Redis) died before the
-# job started. Workers on several queues (the default) take jobs with BLPOP
-# and lose such a job: see test_worker_faults.py and docs/reliability.md.
+# Workers on the default queues (all of the app's): a job whose worker, or
+# Redis, died before it started waits on its queue's intermediate list.
 FLEET = {
-    **{
-        f"worker-{n}": ("worker", QUEUE, "--logging-level", "WARNING") for n in range(4)
-    },
+    **{f"worker-{n}": ("worker", "--logging-level", "WARNING") for n in range(4)},
     **{f"relay-{n}": ("relay", "--interval", "0.2") for n in range(2)},
 }
 

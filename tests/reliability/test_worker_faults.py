@@ -154,16 +154,7 @@ def test_a_handler_past_its_timeout_is_stopped_and_the_worker_serves_on(
 @pytest.mark.parametrize(
     "queues",
     [
-        pytest.param(
-            (),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: a worker on several queues (the default) takes jobs"
-                " with BLPOP; one that dies before starting the job loses it"
-                " (rq#2236), and nothing sweeps for it: see docs/reliability.md",
-            ),
-            id="default-queues",
-        ),
+        pytest.param((), id="default-queues"),
         pytest.param((QUEUE,), id="one-queue"),
     ],
 )
