@@ -1,7 +1,8 @@
-"""Shared helpers: timing, a private redis-server, result rows."""
+"""Shared helpers: timing, a private redis-server and database, result rows."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import statistics
@@ -12,7 +13,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 from redis import Redis
+
+ADMIN_URL = os.environ.get(
+    "BENCH_POSTGRES_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 
 
 @dataclass
@@ -21,7 +27,8 @@ class Row:
 
     Rates (higher is better) by default; latencies set ``lower_is_better``.
     ``ratio`` is ours over the anchor either way, and ``target`` bounds it
-    from below for rates, from above for latencies.
+    from below for rates, from above for latencies. A row with no anchor
+    (an empty ``anchor``) has no ratio and no target: it shows a figure.
     """
 
     name: str
@@ -33,22 +40,28 @@ class Row:
     lower_is_better: bool = False
 
     @property
-    def ratio(self) -> float:
+    def ratio(self) -> float | None:
+        if not self.anchor:
+            return None
         return statistics.median(self.ours) / statistics.median(self.anchor)
 
     @property
     def met(self) -> bool | None:
-        if self.target is None:
+        ratio = self.ratio
+        if self.target is None or ratio is None:
             return None
         if self.lower_is_better:
-            return self.ratio <= self.target
-        return self.ratio >= self.target
+            return ratio <= self.target
+        return ratio >= self.target
 
     def target_text(self) -> str:
         if self.target is None:
             return "-"
         sign = "<=" if self.lower_is_better else ">="
-        return f"{sign}{self.target:g}x {'met' if self.met else 'MISSED'}"
+        return f"{sign}{self.target:g}x"
+
+    def result_text(self) -> str:
+        return {None: "-", True: "met", False: "MISSED"}[self.met]
 
 
 def rate(count: int, run: Callable[[], object]) -> float:
@@ -63,7 +76,36 @@ def number(value: float) -> str:
 
 
 def spread(values: list[float]) -> str:
+    if not values:
+        return "-"
     return f"{number(min(values))}-{number(max(values))}"
+
+
+def median_text(values: list[float]) -> str:
+    return number(statistics.median(values)) if values else "-"
+
+
+def database_url() -> str:
+    """``BENCH_DATABASE_URL``, else ``flask_messaging_bench`` on the local server.
+
+    That database is created if missing: the benchmarks drop their tables, so
+    they never run on a database in use.
+    """
+    url = os.environ.get("BENCH_DATABASE_URL")
+    if url:
+        return url
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        if not connection.execute(
+            sa.text("SELECT 1 FROM pg_database WHERE datname = 'flask_messaging_bench'")
+        ).scalar():
+            connection.execute(sa.text("CREATE DATABASE flask_messaging_bench"))
+    admin.dispose()
+    return (
+        sa.engine.make_url(ADMIN_URL)
+        .set(database="flask_messaging_bench")
+        .render_as_string(hide_password=False)
+    )
 
 
 @contextmanager

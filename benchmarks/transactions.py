@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import sqlalchemy as sa
 from redis import Redis
 from rq import Queue
 
@@ -22,31 +21,10 @@ from flask_messaging.extension import get_state
 from flask_messaging.outbox import Relay
 from flask_messaging.transaction import register_event
 
-from ._support import Row, rate, redis_server
+from ._support import Row, database_url, rate, redis_server
 from .app import STARTS, Account, AccountOpened, create_app, db
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = os.environ.get(
-    "BENCH_POSTGRES_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-
-
-def database_url() -> str:
-    url = os.environ.get("BENCH_DATABASE_URL")
-    if url:
-        return url
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        if not connection.execute(
-            sa.text("SELECT 1 FROM pg_database WHERE datname = 'flask_messaging_bench'")
-        ).scalar():
-            connection.execute(sa.text("CREATE DATABASE flask_messaging_bench"))
-    admin.dispose()
-    return (
-        sa.engine.make_url(ADMIN_URL)
-        .set(database="flask_messaging_bench")
-        .render_as_string(hide_password=False)
-    )
 
 
 def run(repeat: int, transactions: int = 1000, relay_events: int = 10_000) -> list[Row]:
