@@ -109,12 +109,20 @@ class SubscriptionRegistry:
         self._routes.clear()
 
     def route(self, message_type: type) -> Route:
+        """The subscriptions of ``message_type``, cached per type.
+
+        :raises TypeError: ``message_type`` cannot be sent (see
+            :func:`~flask_messaging.message.validate_message_class`).
+        """
         route = self._routes.get(message_type)
         if route is None:
             route = self._routes[message_type] = self._build_route(message_type)
         return route
 
     def _build_route(self, message_type: type) -> Route:
+        # A cached route is proof that the class was checked: publishing need
+        # not ask again.
+        validate_message_class(message_type)
         matching = [
             s for s in self._subscriptions if issubclass(message_type, s.message_type)
         ]
