@@ -164,7 +164,8 @@ class MemoryBroker(MessageBroker):
     """The production broker: an in-memory map of subscribers.
 
     Sync subscribers are called directly, in subscription order; then each
-    matching async subscriber gets one job, all written in one Redis round trip.
+    matching async subscriber gets one job, all written in one Redis round trip
+    (up to 200 jobs; more take one round trip per 200).
 
     :param jobs: where async deliveries go (the app's RQ queues); the
         :class:`~flask_messaging.Messaging` extension sets it up.

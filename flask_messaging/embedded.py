@@ -137,8 +137,8 @@ class EmbeddedJobs(RQJobs):
         self._state = state
         self._lock = threading.Lock()
 
-    def enqueue(self, deliveries: Sequence[Delivery], pipeline: Any = None) -> None:
-        super().enqueue(deliveries, pipeline)
+    def enqueue(self, deliveries: Sequence[Delivery]) -> None:
+        super().enqueue(deliveries)
         self._start_worker()
 
     def enqueue_once(

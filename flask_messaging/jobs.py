@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,6 @@ from .signing import Signer
 
 if TYPE_CHECKING:
     from redis import Redis
-    from redis.client import Pipeline
 
     from .subscription import Subscription
 
@@ -75,12 +74,14 @@ def job_description(delivery: Delivery) -> str:
 
 
 class RQJobs:
-    """Writes one RQ job per delivery, all in one Redis round trip.
+    """Writes one RQ job per delivery, in one atomic script per batch.
 
     Jobs are exactly what RQ's own ``Queue.enqueue_many`` writes: the commands
-    it sends for a job are recorded once per subscription, then replayed with
-    each delivery's id, data and timestamps. That skips building an RQ
-    ``Job`` object per message, most of the cost of enqueueing.
+    it sends for a job are recorded once per subscription, as a template with
+    slots for the job id, data, description and timestamps. The template
+    travels once per script call and the server fills it in per job, so a job
+    costs its four values on the wire instead of some sixty arguments, and
+    no RQ ``Job`` object is ever built.
     """
 
     def __init__(
@@ -103,45 +104,81 @@ class RQJobs:
             )
         return queue
 
-    def commands(self, deliveries: Sequence[Delivery]) -> list[tuple[Any, ...]]:
-        """The Redis commands that enqueue ``deliveries``."""
+    def enqueue(self, deliveries: Sequence[Delivery]) -> None:
+        """Enqueue ``deliveries``: atomically up to :data:`SCRIPT_BATCH`."""
+        self._run([("", (d,)) for d in deliveries], once=False, relayed_key=None)
+
+    def enqueue_once(
+        self,
+        messages: Sequence[tuple[str, Sequence[Delivery]]],
+        relayed_key: str | None = None,
+    ) -> list[bool]:
+        """Enqueue each message's deliveries unless that message was already.
+
+        ``messages`` pairs a message id with its deliveries (possibly none). A
+        marker per message id, set in the same atomic script as the jobs,
+        makes a second attempt (a relay racing the committing process, two
+        relays) enqueue nothing. With ``relayed_key``, each message id is also
+        appended to that list, for the relay to mark its outbox row.
+
+        :return: per message, whether this call enqueued it.
+        """
+        return self._run(messages, once=True, relayed_key=relayed_key)
+
+    def _run(
+        self,
+        messages: Sequence[tuple[str, Sequence[Delivery]]],
+        *,
+        once: bool,
+        relayed_key: str | None,
+    ) -> list[bool]:
+        # One round trip per SCRIPT_BATCH messages (or jobs), each
+        # built just before it is sent: memory stays bounded by the batch.
+        connection = self._connection()
         signer = self._signer()
         now = utcformat(utcnow())
-        commands: list[tuple[Any, ...]] = []
-        for delivery in deliveries:
-            subscription = delivery.subscription
-            template = self._templates.get(subscription)
-            if template is None:
-                template = self._templates[subscription] = self._record(subscription)
-            envelope = delivery.envelope
-            data = zlib.compress(
-                _data_encoder.encode(
-                    (
-                        DISPATCH_FUNCTION,
-                        None,
-                        (
-                            subscription.key,
-                            envelope.decode(),
-                            signer.sign(subscription.key, envelope),
-                        ),
-                        {},
-                    )
-                )
-            )
-            commands += template.fill(
-                delivery.job_id, data, job_description(delivery), now
-            )
-        return commands
+        flags: list[bool] = []
+        for batch in _batches(messages):
+            keys, args = self._script_arguments(batch, signer, now, once=once)
+            if relayed_key is not None:
+                keys.append(relayed_key)
+            flags += map(bool, _enqueue_script.run(connection, keys, args))
+        return flags
 
-    def enqueue(
-        self, deliveries: Sequence[Delivery], pipeline: Pipeline | None = None
-    ) -> None:
-        """Enqueue ``deliveries``; in ``pipeline`` if given (not executed then)."""
-        pipe = pipeline if pipeline is not None else self._connection().pipeline()
-        for command in self.commands(deliveries):
-            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-        if pipeline is None:
-            pipe.execute()
+    def _script_arguments(
+        self,
+        messages: Sequence[tuple[str, Sequence[Delivery]]],
+        signer: Signer,
+        now: str,
+        *,
+        once: bool,
+    ) -> tuple[list[str], list[Any]]:
+        templates: dict[_JobTemplate, int] = {}
+        jobs: list[Any] = [len(messages)]
+        for message_id, deliveries in messages:
+            jobs += (message_id, len(deliveries))
+            for delivery in deliveries:
+                template = self._template(delivery.subscription)
+                number = templates.setdefault(template, len(templates) + 1)
+                jobs += (
+                    number,
+                    delivery.job_id,
+                    _job_data(delivery, signer),
+                    job_description(delivery),
+                )
+        args: list[Any] = [MARKER_TTL if once else "", now, len(templates)]
+        for template in templates:
+            args += template.script_arguments
+        keys = (
+            [MARKER_PREFIX + message_id for message_id, _ in messages] if once else []
+        )
+        return keys, args + jobs
+
+    def _template(self, subscription: Subscription) -> _JobTemplate:
+        template = self._templates.get(subscription)
+        if template is None:
+            template = self._templates[subscription] = self._record(subscription)
+        return template
 
     def _record(self, subscription: Subscription) -> _JobTemplate:
         assert subscription.queue_name is not None
@@ -167,34 +204,38 @@ class RQJobs:
         recorder.reset()
         return _JobTemplate.from_recording(commands)
 
-    def enqueue_once(
-        self,
-        messages: Sequence[tuple[str, Sequence[Delivery]]],
-        relayed_key: str | None = None,
-    ) -> list[bool]:
-        """Enqueue each message's deliveries unless that message was already.
 
-        ``messages`` pairs a message id with its deliveries (possibly none). A
-        marker per message id, set in the same atomic script as the jobs,
-        makes a second attempt (a relay racing the committing process, two
-        relays) enqueue nothing. With ``relayed_key``, each message id is also
-        appended to that list, for the relay to mark its outbox row. One round
-        trip per :data:`SCRIPT_BATCH` messages, all in one pipeline.
+def _job_data(delivery: Delivery, signer: Signer) -> bytes:
+    """The job's ``data`` field, as RQ's JSON serializer would write it."""
+    key = delivery.subscription.key
+    envelope = delivery.envelope
+    call: tuple[Any, ...] = (
+        DISPATCH_FUNCTION,
+        None,
+        (key, envelope.decode(), signer.sign(key, envelope)),
+        {},
+    )
+    return zlib.compress(_data_encoder.encode(call))
 
-        :return: per message, whether this call enqueued it.
-        """
-        groups = [
-            (message_id, self.commands(deliveries))
-            for message_id, deliveries in messages
-        ]
-        calls = []
-        for start in range(0, len(groups), SCRIPT_BATCH):
-            keys, args = _script_arguments(groups[start : start + SCRIPT_BATCH])
-            if relayed_key is not None:
-                keys.append(relayed_key)
-            calls.append((keys, args))
-        results = _enqueue_once_script.run_all(self._connection(), calls)
-        return [bool(flag) for flags in results for flag in flags]
+
+def _batches(
+    messages: Sequence[tuple[str, Sequence[Delivery]]],
+) -> Iterator[Sequence[tuple[str, Sequence[Delivery]]]]:
+    """Up to SCRIPT_BATCH messages, and about as many jobs, per batch.
+
+    A message's jobs are never split: its marker covers all of them.
+    """
+    batch: list[tuple[str, Sequence[Delivery]]] = []
+    jobs = 0
+    for message in messages:
+        size = len(message[1])
+        if batch and (len(batch) == SCRIPT_BATCH or jobs + size > SCRIPT_BATCH):
+            yield batch
+            batch, jobs = [], 0
+        batch.append(message)
+        jobs += size
+    if batch:
+        yield batch
 
 
 _PROTOTYPE_ID = "flask-messaging-prototype"
@@ -202,68 +243,54 @@ _PROTOTYPE_DESCRIPTION = "flask-messaging prototype description"
 _data_encoder = msgspec.json.Encoder()
 
 
-class _Slot(enum.Enum):
-    """Where a recorded command takes a per-job value."""
-
-    DATA = "job data"
-    DESCRIPTION = "description"
-    NOW = "timestamp"
-
-
-@dataclass(frozen=True, slots=True)
-class _WithId:
-    """A recorded argument that contains the job id (a key, or the id)."""
-
-    before: str
-    after: str
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _JobTemplate:
-    """RQ's commands for one job, with slots for what differs per job."""
+    """RQ's commands for one job, with slots for what differs per job.
 
-    commands: tuple[tuple[Any, ...], ...]
+    Each argument is sent with a one-character prefix saying what it is: ``=``
+    a literal, ``d`` the job data, ``s`` the description, ``n`` the time of
+    enqueueing, ``i`` a text with the job id in it (before and after the id,
+    split by a NUL byte).
+    """
+
+    script_arguments: tuple[bytes | int, ...]
 
     @classmethod
     def from_recording(cls, commands: list[tuple[Any, ...]]) -> _JobTemplate:
-        slotted = []
+        flat: list[bytes | int] = [len(commands)]
         for command in commands:
-            args: list[Any] = []
+            flat.append(len(command))
             for i, arg in enumerate(command):
                 previous = command[i - 1] if i else None
                 if isinstance(arg, enum.Enum):
                     arg = arg.value
                 if arg == _PROTOTYPE_DESCRIPTION:
-                    args.append(_Slot.DESCRIPTION)
+                    flat.append(b"s")
                 elif isinstance(arg, str) and _PROTOTYPE_ID in arg:
-                    args.append(_WithId(*arg.split(_PROTOTYPE_ID, 1)))
+                    before, after = arg.split(_PROTOTYPE_ID, 1)
+                    flat.append(f"i{before}\0{after}".encode())
                 elif previous == "data" and isinstance(arg, bytes):
-                    args.append(_Slot.DATA)
+                    flat.append(b"d")
                 elif previous in ("created_at", "enqueued_at"):
-                    args.append(_Slot.NOW)
+                    flat.append(b"n")
                 else:
-                    args.append(arg)
-            slotted.append(tuple(args))
-        return cls(tuple(slotted))
-
-    def fill(
-        self, job_id: str, data: bytes, description: str, now: str
-    ) -> list[tuple[Any, ...]]:
-        values = {_Slot.DATA: data, _Slot.DESCRIPTION: description, _Slot.NOW: now}
-        return [
-            tuple(
-                values[a]
-                if isinstance(a, _Slot)
-                else a.before + job_id + a.after
-                if isinstance(a, _WithId)
-                else a
-                for a in command
-            )
-            for command in self.commands
-        ]
+                    flat.append(b"=" + _literal(arg))
+        return cls(tuple(flat))
 
 
-#: Messages per script call: bounds the size of one script's arguments.
+def _literal(arg: object) -> bytes:
+    """``arg`` as redis-py would send it."""
+    if isinstance(arg, bytes):
+        return arg
+    if isinstance(arg, str):
+        return arg.encode()
+    if isinstance(arg, int | float) and not isinstance(arg, bool):
+        return repr(arg).encode()
+    raise TypeError(f"unexpected argument {arg!r} in RQ's enqueue commands")
+
+
+#: Messages, and about as many jobs, per script call: bounds the size of one
+#: call and the memory it takes to build.
 SCRIPT_BATCH = 200
 
 #: Seconds a "this message was enqueued" marker lives: far longer than any
@@ -272,26 +299,70 @@ MARKER_TTL = 3600
 
 MARKER_PREFIX = "flask_messaging:enqueued:"
 
-_ENQUEUE_ONCE = """
--- KEYS: one marker key per message, then optionally the relayed list.
--- ARGV: marker ttl, message count, then per message: its id, its command
--- count, and per command: its argument count and arguments.
-local ttl = ARGV[1]
-local count = tonumber(ARGV[2])
-local relayed = KEYS[count + 1]
+_ENQUEUE = """
+-- KEYS: with a marker ttl, one marker key per message; then, optionally,
+-- the relayed list.
+-- ARGV: marker ttl ('' for no markers), the time of enqueueing, the template
+-- count and the templates (see _JobTemplate), then the message count and per
+-- message: its id, its job count, and per job: its template number, id,
+-- data and description.
+local ttl, now = ARGV[1], ARGV[2]
 local at = 3
+local templates = {}
+for t = 1, tonumber(ARGV[at]) do
+  at = at + 1
+  local commands = {}
+  for c = 1, tonumber(ARGV[at]) do
+    at = at + 1
+    local kinds, values, afters = {}, {}, {}
+    for a = 1, tonumber(ARGV[at]) do
+      local arg = ARGV[at + a]
+      local kind = string.sub(arg, 1, 1)
+      kinds[a] = kind
+      if kind == '=' then
+        values[a] = string.sub(arg, 2)
+      elseif kind == 'i' then
+        local cut = string.find(arg, '\0', 2, true)
+        values[a] = string.sub(arg, 2, cut - 1)
+        afters[a] = string.sub(arg, cut + 1)
+      end
+    end
+    at = at + #kinds
+    commands[c] = {kinds, values, afters}
+  end
+  templates[t] = commands
+end
+at = at + 1
+local count = tonumber(ARGV[at])
+local relayed = nil
+if ttl ~= '' then relayed = KEYS[count + 1] end
 local result = {}
 for m = 1, count do
-  local message_id = ARGV[at]
-  local commands = tonumber(ARGV[at + 1])
+  local message_id, jobs = ARGV[at + 1], tonumber(ARGV[at + 2])
   at = at + 2
-  local fresh = redis.call('SET', KEYS[m], '1', 'NX', 'EX', ttl)
-  for c = 1, commands do
-    local size = tonumber(ARGV[at])
+  local fresh = true
+  if ttl ~= '' then
+    fresh = redis.call('SET', KEYS[m], '1', 'NX', 'EX', ttl)
+  end
+  for j = 1, jobs do
     if fresh then
-      redis.call(unpack(ARGV, at + 1, at + size))
+      local job_id, data, description = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+      for _, command in ipairs(templates[tonumber(ARGV[at + 1])]) do
+        local kinds, values, afters = command[1], command[2], command[3]
+        local args = {}
+        for a = 1, #kinds do
+          local kind = kinds[a]
+          if kind == '=' then args[a] = values[a]
+          elseif kind == 'i' then args[a] = values[a] .. job_id .. afters[a]
+          elseif kind == 'd' then args[a] = data
+          elseif kind == 's' then args[a] = description
+          else args[a] = now
+          end
+        end
+        redis.call(unpack(args))
+      end
     end
-    at = at + size + 1
+    at = at + 4
   end
   if fresh and relayed then
     redis.call('RPUSH', relayed, message_id)
@@ -301,21 +372,7 @@ end
 return result
 """
 
-
-_enqueue_once_script = LuaScript(_ENQUEUE_ONCE)
-
-
-def _script_arguments(
-    groups: Sequence[tuple[str, list[tuple[Any, ...]]]],
-) -> tuple[list[str], list[Any]]:
-    keys = [MARKER_PREFIX + message_id for message_id, _ in groups]
-    args: list[Any] = [MARKER_TTL, len(groups)]
-    for message_id, commands in groups:
-        args += (message_id, len(commands))
-        for command in commands:
-            args.append(len(command))
-            args += command
-    return keys, args
+_enqueue_script = LuaScript(_ENQUEUE)
 
 
 class InlineJobs:

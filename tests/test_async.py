@@ -222,33 +222,66 @@ def test_jobs_survive_a_signing_key_rotation(
         assert [e["value"] for e in handled(get_state().redis)] == [5]
 
 
+def redis_contents(redis: Redis) -> dict[bytes, Any]:
+    """Every key with its value, timestamps in job hashes blanked."""
+    contents: dict[bytes, Any] = {}
+    for key in redis.keys("*"):
+        kind = redis.type(key)
+        if kind == b"hash":
+            value = redis.hgetall(key)
+            for field in (b"created_at", b"enqueued_at"):
+                if field in value:
+                    value[field] = b"<now>"
+        elif kind == b"list":
+            value = redis.lrange(key, 0, -1)
+        elif kind == b"set":
+            value = redis.smembers(key)
+        elif kind == b"zset":
+            value = redis.zrange(key, 0, -1, withscores=True)
+        else:
+            value = redis.get(key)
+        contents[key] = (kind, value, redis.ttl(key) > 0)
+    return contents
+
+
+@pytest.mark.parametrize("once", [False, True], ids=["enqueue", "enqueue_once"])
 def test_jobs_are_written_exactly_as_rq_writes_them(
-    make_app: Callable[..., Flask],
+    make_app: Callable[..., Flask], once: bool
 ) -> None:
     from rq import Retry as RQRetry
 
-    from flask_messaging.jobs import Delivery, job_description
+    from flask_messaging.jobs import MARKER_PREFIX, Delivery, job_description
 
     app = make_app(MESSAGING_RETRY=2, MESSAGING_JOB_TTL=600)
     state = get_state(app)
     state.broker.subscribe_async(Ping, handle_a, queue_name=LOW_PRIORITY, timeout=42)
     (subscription,) = state.registry
-    message_id, data = codec_encode(Ping(9))
-    delivery = Delivery(subscription, "tests.ping", message_id, data)
-    ours = state.jobs.commands([delivery])
+    redis = state.redis
+    deliveries = []
+    for n in range(3):
+        message_id, data = codec_encode(Ping(n))
+        deliveries.append(Delivery(subscription, "tests.ping", message_id, data))
+    if once:
+        state.jobs.enqueue_once([(d.message_id, [d]) for d in deliveries])
+        for delivery in deliveries:
+            assert redis.delete(MARKER_PREFIX + delivery.message_id) == 1
+    else:
+        state.jobs.enqueue(deliveries)
+    ours = redis_contents(redis)
+    redis.flushdb()
 
-    recorder = state.redis.pipeline(transaction=False)
-    signature = state.signer.sign(subscription.key, data)
     # RQ's own enqueue_many, through the queue class our workers take jobs
     # with (its only addition: a wake token, see flask_messaging.dequeue).
-    queue = MessagingQueue(
-        LOW_PRIORITY, connection=state.redis, serializer=JSONSerializer
-    )
+    queue = MessagingQueue(LOW_PRIORITY, connection=redis, serializer=JSONSerializer)
     queue.enqueue_many(
         [
             Queue.prepare_data(
                 DISPATCH_FUNCTION,
-                args=(subscription.key, data.decode(), signature),
+                args=(
+                    subscription.key,
+                    delivery.envelope.decode(),
+                    state.signer.sign(subscription.key, delivery.envelope),
+                ),
                 timeout=42,
                 result_ttl=500,
                 failure_ttl=state.settings.jobs.failure_ttl,
@@ -257,25 +290,12 @@ def test_jobs_are_written_exactly_as_rq_writes_them(
                 job_id=delivery.job_id,
                 retry=RQRetry(max=2, interval=[10, 60, 300]),
             )
-        ],
-        pipeline=recorder,
+            for delivery in deliveries
+        ]
     )
-    theirs = [args for args, _ in recorder.command_stack]
-
-    def normalized(commands: list) -> list:  # type: ignore[type-arg]
-        result = []
-        for command in commands:
-            args = []
-            for i, arg in enumerate(command):
-                if i and command[i - 1] in ("created_at", "enqueued_at"):
-                    arg = "<now>"
-                elif hasattr(arg, "value"):  # RQ's JobStatus enum
-                    arg = arg.value
-                args.append(arg)
-            result.append(tuple(args))
-        return result
-
-    assert normalized(ours) == normalized(theirs)
+    theirs = redis_contents(redis)
+    assert len(theirs) == 3 + 3  # 3 job hashes, the queue, rq:queues, the wake list
+    assert ours == theirs
 
 
 def test_missing_signing_key_is_a_configuration_error_not_a_delivery_failure(
