@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -95,6 +96,8 @@ class RQJobs:
         self.options = options
         self._queues: dict[str, Queue] = {}
         self._templates: dict[Subscription, _JobTemplate] = {}
+        self._script = _enqueue_script(())
+        self._recording = threading.Lock()
 
     def queue(self, name: str) -> Queue:
         queue = self._queues.get(name)
@@ -132,8 +135,8 @@ class RQJobs:
         once: bool,
         relayed_key: str | None,
     ) -> list[bool]:
-        # One round trip per SCRIPT_BATCH messages (or jobs), each
-        # built just before it is sent: memory stays bounded by the batch.
+        # One round trip per SCRIPT_BATCH messages (or jobs), each built just
+        # before it is sent: memory stays bounded by the batch.
         connection = self._connection()
         signer = self._signer()
         now = utcformat(utcnow())
@@ -142,7 +145,7 @@ class RQJobs:
             keys, args = self._script_arguments(batch, signer, now, once=once)
             if relayed_key is not None:
                 keys.append(relayed_key)
-            flags += map(bool, _enqueue_script.run(connection, keys, args))
+            flags += map(bool, self._script.run(connection, keys, args))
         return flags
 
     def _script_arguments(
@@ -153,34 +156,35 @@ class RQJobs:
         *,
         once: bool,
     ) -> tuple[list[str], list[Any]]:
-        templates: dict[_JobTemplate, int] = {}
-        jobs: list[Any] = [len(messages)]
+        args: list[Any] = [MARKER_TTL if once else "", now, len(messages)]
         for message_id, deliveries in messages:
-            jobs += (message_id, len(deliveries))
+            args += (message_id, len(deliveries))
             for delivery in deliveries:
-                template = self._template(delivery.subscription)
-                number = templates.setdefault(template, len(templates) + 1)
-                jobs += (
-                    number,
+                args += (
+                    self._template(delivery.subscription).number,
                     delivery.job_id,
                     _job_data(delivery, signer),
                     job_description(delivery),
                 )
-        args: list[Any] = [MARKER_TTL if once else "", now, len(templates)]
-        for template in templates:
-            args += template.script_arguments
-        keys = (
-            [MARKER_PREFIX + message_id for message_id, _ in messages] if once else []
-        )
-        return keys, args + jobs
+        if not once:
+            return [], args
+        return [MARKER_PREFIX + message_id for message_id, _ in messages], args
 
     def _template(self, subscription: Subscription) -> _JobTemplate:
         template = self._templates.get(subscription)
         if template is None:
-            template = self._templates[subscription] = self._record(subscription)
+            with self._recording:
+                template = self._templates.get(subscription)
+                if template is None:
+                    template = self._record(subscription, len(self._templates) + 1)
+                    # The script first: a template is used as soon as it is
+                    # seen, and the script must know it by then.
+                    templates = (*self._templates.values(), template)
+                    self._script = _enqueue_script(templates)
+                    self._templates[subscription] = template
         return template
 
-    def _record(self, subscription: Subscription) -> _JobTemplate:
+    def _record(self, subscription: Subscription, number: int) -> _JobTemplate:
         assert subscription.queue_name is not None
         options = self.options
         recorder = self._connection().pipeline(transaction=False)
@@ -202,7 +206,7 @@ class RQJobs:
         )
         commands = [args for args, _ in recorder.command_stack]
         recorder.reset()
-        return _JobTemplate.from_recording(commands)
+        return _JobTemplate.from_recording(number, commands)
 
 
 def _job_data(delivery: Delivery, signer: Signer) -> bytes:
@@ -215,7 +219,17 @@ def _job_data(delivery: Delivery, signer: Signer) -> bytes:
         (key, envelope.decode(), signer.sign(key, envelope)),
         {},
     )
-    return zlib.compress(_data_encoder.encode(call))
+    return _compress(_data_encoder.encode(call))
+
+
+def _compress(data: bytes) -> bytes:
+    """zlib, as RQ stores job data, with a small window and state.
+
+    Setting up zlib's default 256 KiB of state is most of the cost for a
+    payload of a few hundred bytes; any zlib reader decodes the result.
+    """
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 9, 2)
+    return compressor.compress(data) + compressor.flush()
 
 
 def _batches(
@@ -243,39 +257,54 @@ _PROTOTYPE_DESCRIPTION = "flask-messaging prototype description"
 _data_encoder = msgspec.json.Encoder()
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class _JobTemplate:
-    """RQ's commands for one job, with slots for what differs per job.
+    """RQ's commands for one job, as a Lua function of what differs per job.
 
-    Each argument is sent with a one-character prefix saying what it is: ``=``
-    a literal, ``d`` the job data, ``s`` the description, ``n`` the time of
-    enqueueing, ``i`` a text with the job id in it (before and after the id,
-    split by a NUL byte).
+    Compiled once by Redis into the enqueue script: each call then carries a
+    job's id, data and description, and the server runs RQ's commands as
+    recorded.
     """
 
-    script_arguments: tuple[bytes | int, ...]
+    number: int
+    #: ``templates[<number>] = function(job_id, data, description) ... end``
+    lua: str
 
     @classmethod
-    def from_recording(cls, commands: list[tuple[Any, ...]]) -> _JobTemplate:
-        flat: list[bytes | int] = [len(commands)]
+    def from_recording(
+        cls, number: int, commands: list[tuple[Any, ...]]
+    ) -> _JobTemplate:
+        lines = [f"templates[{number}] = function(job_id, data, description)"]
         for command in commands:
-            flat.append(len(command))
+            args = []
             for i, arg in enumerate(command):
                 previous = command[i - 1] if i else None
                 if isinstance(arg, enum.Enum):
                     arg = arg.value
                 if arg == _PROTOTYPE_DESCRIPTION:
-                    flat.append(b"s")
+                    args.append("description")
                 elif isinstance(arg, str) and _PROTOTYPE_ID in arg:
                     before, after = arg.split(_PROTOTYPE_ID, 1)
-                    flat.append(f"i{before}\0{after}".encode())
+                    args.append(
+                        " .. ".join(
+                            part
+                            for part in (
+                                _lua_string(before),
+                                "job_id",
+                                _lua_string(after),
+                            )
+                            if part != '""'
+                        )
+                    )
                 elif previous == "data" and isinstance(arg, bytes):
-                    flat.append(b"d")
+                    args.append("data")
                 elif previous in ("created_at", "enqueued_at"):
-                    flat.append(b"n")
+                    args.append("now")
                 else:
-                    flat.append(b"=" + _literal(arg))
-        return cls(tuple(flat))
+                    args.append(_lua_string(_literal(arg)))
+            lines.append(f"  redis.call({', '.join(args)})")
+        lines.append("end")
+        return cls(number, "\n".join(lines))
 
 
 def _literal(arg: object) -> bytes:
@@ -287,6 +316,19 @@ def _literal(arg: object) -> bytes:
     if isinstance(arg, int | float) and not isinstance(arg, bool):
         return repr(arg).encode()
     raise TypeError(f"unexpected argument {arg!r} in RQ's enqueue commands")
+
+
+def _lua_string(value: str | bytes) -> str:
+    """A Lua string literal of ``value``'s bytes."""
+    data = value.encode() if isinstance(value, str) else value
+    return (
+        '"'
+        + "".join(
+            chr(byte) if 32 <= byte < 127 and byte not in (34, 92) else f"\\{byte:03d}"
+            for byte in data
+        )
+        + '"'
+    )
 
 
 #: Messages, and about as many jobs, per script call: bounds the size of one
@@ -302,43 +344,19 @@ MARKER_PREFIX = "flask_messaging:enqueued:"
 _ENQUEUE = """
 -- KEYS: with a marker ttl, one marker key per message; then, optionally,
 -- the relayed list.
--- ARGV: marker ttl ('' for no markers), the time of enqueueing, the template
--- count and the templates (see _JobTemplate), then the message count and per
--- message: its id, its job count, and per job: its template number, id,
--- data and description.
+-- ARGV: marker ttl ('' for no markers), the time of enqueueing, the message
+-- count, and per message: its id, its job count, and per job: its template
+-- number, id, data and description.
 local ttl, now = ARGV[1], ARGV[2]
-local at = 3
 local templates = {}
-for t = 1, tonumber(ARGV[at]) do
-  at = at + 1
-  local commands = {}
-  for c = 1, tonumber(ARGV[at]) do
-    at = at + 1
-    local kinds, values, afters = {}, {}, {}
-    for a = 1, tonumber(ARGV[at]) do
-      local arg = ARGV[at + a]
-      local kind = string.sub(arg, 1, 1)
-      kinds[a] = kind
-      if kind == '=' then
-        values[a] = string.sub(arg, 2)
-      elseif kind == 'i' then
-        local cut = string.find(arg, '\0', 2, true)
-        values[a] = string.sub(arg, 2, cut - 1)
-        afters[a] = string.sub(arg, cut + 1)
-      end
-    end
-    at = at + #kinds
-    commands[c] = {kinds, values, afters}
-  end
-  templates[t] = commands
-end
-at = at + 1
-local count = tonumber(ARGV[at])
+%(templates)s
+local count = tonumber(ARGV[3])
 local relayed = nil
 if ttl ~= '' then relayed = KEYS[count + 1] end
+local at = 4
 local result = {}
 for m = 1, count do
-  local message_id, jobs = ARGV[at + 1], tonumber(ARGV[at + 2])
+  local message_id, jobs = ARGV[at], tonumber(ARGV[at + 1])
   at = at + 2
   local fresh = true
   if ttl ~= '' then
@@ -346,21 +364,7 @@ for m = 1, count do
   end
   for j = 1, jobs do
     if fresh then
-      local job_id, data, description = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
-      for _, command in ipairs(templates[tonumber(ARGV[at + 1])]) do
-        local kinds, values, afters = command[1], command[2], command[3]
-        local args = {}
-        for a = 1, #kinds do
-          local kind = kinds[a]
-          if kind == '=' then args[a] = values[a]
-          elseif kind == 'i' then args[a] = values[a] .. job_id .. afters[a]
-          elseif kind == 'd' then args[a] = data
-          elseif kind == 's' then args[a] = description
-          else args[a] = now
-          end
-        end
-        redis.call(unpack(args))
-      end
+      templates[tonumber(ARGV[at])](ARGV[at + 1], ARGV[at + 2], ARGV[at + 3])
     end
     at = at + 4
   end
@@ -372,7 +376,11 @@ end
 return result
 """
 
-_enqueue_script = LuaScript(_ENQUEUE)
+
+def _enqueue_script(templates: tuple[_JobTemplate, ...]) -> LuaScript:
+    """The enqueue script with these templates compiled in."""
+    source = "\n".join(template.lua for template in templates)
+    return LuaScript(_ENQUEUE % {"templates": source})
 
 
 class InlineJobs:

@@ -30,8 +30,12 @@ class LuaScript:
         self, connection: Redis, keys: Sequence[str], args: Sequence[Any] = ()
     ) -> Any:
         """Run the script once; return its reply."""
-        (reply,) = self.run_all(connection, [(keys, args)])
-        return reply
+        try:
+            return connection.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # A restarted or flushed server: nothing ran; load and run again.
+            connection.script_load(self.source)
+            return connection.evalsha(self.sha, len(keys), *keys, *args)
 
     def run_all(
         self,
