@@ -175,10 +175,10 @@ def _before_commit(session: Session) -> None:
     if events.override is None and state.writes_outbox:
         assert state.outbox is not None
         # Stored with the data, in the same transaction: committed together.
-        session.execute(
-            sa.insert(state.outbox),
-            outbox_rows(events.pending, state.settings.outbox.relay_delay),
-        )
+        rows = outbox_rows(events.pending, state.settings.outbox.relay_delay)
+        # One row as a single execute: SQLAlchemy's executemany path costs
+        # about 0.1 ms more, a tenth of a small transaction.
+        session.execute(sa.insert(state.outbox), rows[0] if len(rows) == 1 else rows)
 
 
 def _after_commit(session: Session) -> None:
