@@ -285,17 +285,8 @@ class _JobTemplate:
                     args.append("description")
                 elif isinstance(arg, str) and _PROTOTYPE_ID in arg:
                     before, after = arg.split(_PROTOTYPE_ID, 1)
-                    args.append(
-                        " .. ".join(
-                            part
-                            for part in (
-                                _lua_string(before),
-                                "job_id",
-                                _lua_string(after),
-                            )
-                            if part != '""'
-                        )
-                    )
+                    parts = [_lua_string(before), "job_id", _lua_string(after)]
+                    args.append(" .. ".join(p for p in parts if p != '""'))
                 elif previous == "data" and isinstance(arg, bytes):
                     args.append("data")
                 elif previous in ("created_at", "enqueued_at"):

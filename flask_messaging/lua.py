@@ -17,9 +17,9 @@ __all__ = ["LuaScript"]
 class LuaScript:
     """A script sent by EVALSHA, and loaded when the server does not know it.
 
-    Unlike redis-py's ``register_script``, calls can share one pipeline round
-    trip (:meth:`run_all`), and a server restarted or flushed between two
-    calls costs one reload, not an error.
+    redis-py's ``Script`` does the same but is bound to a client when built;
+    these are built before any client exists (at import, or when a job
+    template is recorded) and run on whichever connection is at hand.
     """
 
     def __init__(self, source: str) -> None:
@@ -36,23 +36,3 @@ class LuaScript:
             # A restarted or flushed server: nothing ran; load and run again.
             connection.script_load(self.source)
             return connection.evalsha(self.sha, len(keys), *keys, *args)
-
-    def run_all(
-        self,
-        connection: Redis,
-        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
-    ) -> list[Any]:
-        """Run the script once per (keys, args), in one pipeline round trip."""
-        for attempt in range(2):
-            pipe = connection.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(self.sha, len(keys), *keys, *args)
-            try:
-                return pipe.execute()
-            except NoScriptError:
-                # Nothing ran (every call names the same unknown script): load
-                # it and send them all again.
-                if attempt:
-                    raise
-                connection.script_load(self.source)
-        raise AssertionError("unreachable")

@@ -309,3 +309,17 @@ def test_missing_signing_key_is_a_configuration_error_not_a_delivery_failure(
     state.broker.subscribe_async(Ping, handle_a)
     with pytest.raises(RuntimeError, match="set SECRET_KEY"):
         state.broker.publish(Ping(1))
+
+
+def test_a_server_that_forgot_the_scripts_gets_them_again(
+    worker_app_instance: Flask,
+) -> None:
+    app = worker_app_instance
+    with app.app_context():
+        redis = get_state().redis
+        get_message_broker().publish(Ping(1))
+        drain(app)
+        redis.script_flush()  # as a restarted server without persistence
+        get_message_broker().publish(Ping(2))
+        drain(app)  # takes jobs with the other script
+        assert sorted(e["value"] for e in handled(redis)) == [1, 2]
