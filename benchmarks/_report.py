@@ -68,25 +68,30 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _cells(row: Row) -> tuple[str, str, str, str, str, str]:
+    """What both tables show of a row, before its target."""
+    return (
+        row.name,
+        row.anchor_name,
+        median_text(row.anchor),
+        median_text(row.ours),
+        row.unit,
+        _ratio(row),
+    )
+
+
 def _ratio(row: Row) -> str:
     return "-" if row.ratio is None else f"{row.ratio:.2f}x"
 
 
 def print_table(rows: list[Row]) -> None:
     """Medians, with each side's spread (min-max) on the line below."""
-    lines = [("benchmark", "anchor", "anchor", "ours", "unit", "ratio", "target")]
+    lines: list[tuple[str, ...]] = [
+        ("benchmark", "anchor", "anchor", "ours", "unit", "ratio", "target")
+    ]
     for row in rows:
-        lines.append(
-            (
-                row.name,
-                row.anchor_name,
-                median_text(row.anchor),
-                median_text(row.ours),
-                row.unit,
-                _ratio(row),
-                f"{row.target_text()} {row.result_text()}" if row.target else "-",
-            )
-        )
+        target = f"{row.target_text()} {row.result_text()}" if row.target else "-"
+        lines.append((*_cells(row), target))
         lines.append(("", "spread", spread(row.anchor), spread(row.ours), "", "", ""))
     widths = [max(len(line[i]) for line in lines) for i in range(7)]
     for index, line in enumerate(lines):
@@ -106,16 +111,7 @@ def markdown(rows: list[Row], environment: str) -> str:
         "|---|---|--:|--:|---|--:|---|---|",
     ]
     for row in rows:
-        cells = [
-            row.name,
-            row.anchor_name,
-            median_text(row.anchor),
-            median_text(row.ours),
-            row.unit,
-            _ratio(row),
-            row.target_text(),
-            row.result_text().lower(),
-        ]
+        cells = [*_cells(row), row.target_text(), row.result_text().lower()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join([*lines, "", environment + "."])
 

@@ -73,29 +73,32 @@ def test_every_push_leaves_a_wake_token_and_taking_spends_it(redis: Redis) -> No
     assert not redis.exists(*(wake_key(name) for name in PRIORITIES))
 
 
-def test_an_idle_taker_wakes_for_a_push_on_any_queue(redis: Redis) -> None:
-    low = queues(redis)[2]
+def take_while_pushing(
+    redis: Redis, queue: Queue
+) -> tuple[tuple[str, str] | None, str]:
+    """Block in a take while another thread pushes a job onto ``queue``.
+
+    :return: what the take returned, and the id of the pushed job.
+    """
     pushed: list[str] = []
-    timer = threading.Timer(0.2, lambda: pushed.append(enqueue(low, 1)))
+    timer = threading.Timer(0.2, lambda: pushed.append(enqueue(queue, 1)))
     timer.start()
     try:
         taken = take(redis, timeout=30)
     finally:
         timer.join()
-    assert taken == (LOW_PRIORITY, pushed[0])
+    return taken, pushed[0]
+
+
+def test_an_idle_taker_wakes_for_a_push_on_any_queue(redis: Redis) -> None:
+    taken, pushed = take_while_pushing(redis, queues(redis)[2])
+    assert taken == (LOW_PRIORITY, pushed)
 
 
 def test_a_push_without_a_token_is_still_taken(redis: Redis) -> None:
     # RQ's scheduler and registries push through plain Queue objects.
-    plain_default = queues(redis, Queue)[1]
-    pushed: list[str] = []
-    timer = threading.Timer(0.2, lambda: pushed.append(enqueue(plain_default, 1)))
-    timer.start()
-    try:
-        taken = take(redis, timeout=30)
-    finally:
-        timer.join()
-    assert taken == (DEFAULT_PRIORITY, pushed[0])
+    taken, pushed = take_while_pushing(redis, queues(redis, Queue)[1])
+    assert taken == (DEFAULT_PRIORITY, pushed)
 
 
 def test_an_empty_wait_ends_in_rq_s_timeout(redis: Redis) -> None:
