@@ -216,7 +216,10 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "MESSAGING_TEST_POSTGRES_URL",
     "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
 )
-POSTGRES_DATABASE = "flask_messaging_test"
+# Two suites running at once (two checkouts, say) each name their own database.
+POSTGRES_DATABASE = os.environ.get(
+    "MESSAGING_TEST_POSTGRES_DATABASE", "flask_messaging_test"
+)
 
 
 @pytest.fixture(scope="session")
