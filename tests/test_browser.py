@@ -12,13 +12,21 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
+from flask import Flask
+
+from flask_messaging.extension import get_state
+from flask_messaging.queue_names import HIGH_PRIORITY
 
 from .conftest import ROOT, free_port
+from .test_dashboard import publish_notes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUIRED = os.environ.get("MESSAGING_TEST_REQUIRE_BROWSER") == "1"
@@ -144,3 +152,158 @@ def test_sign_in_and_see_events_flow(
     context.close()
     for name in ("shop.png", "messaging.png", "rq-dashboard.png"):
         assert (folder / name).stat().st_size > 10_000
+
+
+# -- Hostile values from the URL and from Redis ----------------------------------
+
+#: Written for rq-dashboard's jobs.js, which put the queue name into a script.
+SCRIPT_BREAKER = "x');}});window.__x=1;$('#y').on('z',function(){if(1){$(this).val('"
+HOSTILE = [
+    SCRIPT_BREAKER,
+    '<img src=x onerror="window.__x=2">',
+    "</script><script>window.__x=3</script>",
+    '"><svg onload=window.__x=4>',
+    "javascript:window.__x=5",
+]
+
+
+@pytest.fixture
+def dashboard(
+    make_app: Callable[..., Flask], real_redis_url: str
+) -> Iterator[tuple[Flask, str]]:
+    """The test dashboard app and its URL, served from a thread, on real Redis."""
+    from werkzeug.serving import make_server
+
+    from .test_dashboard import AUTH, messaging
+
+    app = make_app(messaging, MESSAGING_DASHBOARD_AUTH=AUTH)
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield app, f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def plant_hostile_values(app: Flask) -> dict[str, str]:
+    """Hostile queue names, job ids, origins, worker names and exception texts.
+
+    All are written the way anyone who can write to Redis could; returns the
+    ids of the jobs they are in.
+    """
+    from rq.registry import FailedJobRegistry
+
+    jobs = publish_notes(app, *HOSTILE)  # each text ends in an exception
+    redis = get_state(app).redis
+    for name in HOSTILE:
+        redis.sadd("rq:queues", f"rq:queue:{name}")
+        redis.hset(
+            f"rq:worker:{name}",
+            mapping={"queues": name, "state": "idle", "birth": "", "pid": 1},
+        )
+        redis.sadd("rq:workers", f"rq:worker:{name}")
+    # A job id RQ would never make, in a registry and in a queue.
+    bad_id = HOSTILE[1]
+    redis.hset(f"rq:job:{bad_id}", mapping={"status": "failed", "origin": bad_id})
+    redis.zadd(FailedJobRegistry(HIGH_PRIORITY, connection=redis).key, {bad_id: 9e9})
+    redis.rpush(f"rq:queue:{SCRIPT_BREAKER}", bad_id)
+    redis.hset(f"rq:job:{jobs.failed}", "origin", SCRIPT_BREAKER)
+    return {"failed": jobs.failed, "bad": bad_id}
+
+
+@pytest.fixture
+def operator(browser: object) -> Iterator[tuple[object, Callable[[], None]]]:
+    """A logged-in page, and a check that no planted script ran in it."""
+    from .test_dashboard import AUTH
+
+    context = browser.new_context(  # type: ignore[attr-defined]
+        http_credentials={"username": AUTH[0], "password": AUTH[1]}
+    )
+    page = context.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def no_script_ran() -> None:
+        assert page.evaluate("typeof window.__x") == "undefined", page.url
+        assert dialogs == []
+
+    yield page, no_script_ran
+    context.close()
+
+
+def test_hostile_names_in_the_url_run_no_script(
+    operator: tuple[Any, Callable[[], None]], dashboard: tuple[Flask, str]
+) -> None:
+    page, no_script_ran = operator
+    rq = f"{dashboard[1]}/rq"
+    publish_notes(dashboard[0], "a note")
+    for name in HOSTILE:
+        for path in (
+            f"/0/view/jobs/{quote(name, safe='')}/queued/8/asc/1",
+            f"/0/view/jobs/{quote(name, safe='')}/failed/8/dsc/1",
+            f"/0/view/job/{quote(name, safe='')}",
+            f"/0/view/jobs/{HIGH_PRIORITY}/{quote(name, safe='')}/8/asc/1",
+        ):
+            response = page.goto(rq + path)
+            no_script_ran()
+            # Not held by Redis: refused before any page is made.
+            assert response is not None and response.status == 404, path
+
+
+def test_hostile_values_in_redis_run_no_script(
+    operator: tuple[Any, Callable[[], None]],
+    dashboard: tuple[Flask, str],
+    tmp_path: Path,
+) -> None:
+    folder = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    page, no_script_ran = operator
+    app, url = dashboard
+    rq = f"{url}/rq"
+    ids = plant_hostile_values(app)
+
+    # Listed on the queues page as text, and followed by a click.
+    page.goto(f"{rq}/")
+    for name in HOSTILE:
+        page.locator("table#queues tbody tr", has_text=name).first.wait_for()
+    no_script_ran()
+    row = page.locator("table#queues tbody tr", has_text=SCRIPT_BREAKER).first
+    row.locator("a").first.click()
+    page.wait_for_load_state()
+    no_script_ran()
+    # Its one job, listed as text.
+    page.locator("table#jobs .job-id", has_text=ids["bad"]).wait_for()
+    assert page.locator("#queue-name").inner_text() == SCRIPT_BREAKER
+    page.locator("#select-queue").hover()  # rq-dashboard's script ran on hover
+    page.mouse.move(400, 400)
+    no_script_ran()
+
+    # Exception texts and a job id RQ never makes, in the failed registry.
+    page.goto(f"{rq}/0/view/jobs/{HIGH_PRIORITY}/failed/8/asc/1")
+    page.wait_for_selector("pre.exc_info")
+    texts = page.locator("table#jobs").inner_text()
+    for name in HOSTILE:
+        assert f"RuntimeError: refused {name}" in texts
+    assert ids["bad"] in texts
+    no_script_ran()
+    page.screenshot(path=str(folder / "rq-failed-jobs.png"), full_page=True)
+    page.locator("a", has_text=ids["failed"]).click()
+    page.wait_for_selector("#job-data dd")
+    assert SCRIPT_BREAKER in page.locator("#job-data").inner_text()  # its origin
+    no_script_ran()
+    page.goto(f"{rq}/0/view/job/{quote(ids['bad'], safe='')}")
+    page.wait_for_selector("#job-data dd")
+    assert "unreadable" in page.locator("#job-data").inner_text()
+    no_script_ran()
+
+    # Workers with hostile names and queues.
+    page.goto(f"{rq}/0/view/workers")
+    for name in HOSTILE:
+        page.locator("table#workers tbody tr", has_text=name).first.wait_for()
+    no_script_ran()
+    page.screenshot(path=str(folder / "rq-workers.png"), full_page=True)
+
+    page.goto(f"{rq}/messaging/")
+    no_script_ran()

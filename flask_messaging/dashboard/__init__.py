@@ -13,29 +13,37 @@ pages as raw HTML. Nothing global is changed here; on each app:
   check first;
 - every endpoint that accepts POST (rq-dashboard's delete, requeue,
   requeue-all, empty and compact; the page's requeue) accepts nothing else,
-  and only from the same origin;
+  and only from the same origin (scheme, host and port; ``Sec-Fetch-Site``
+  where the browser sends it);
+- a queue, job, registry or page in the URL that Redis does not hold answers
+  404 before any view runs;
 - rq-dashboard's connection hook is replaced by one giving the app's Redis;
-- its views that read jobs are replaced (in ``app.view_functions``) by views
-  that read with JSON, never pickle, never show job arguments (the message
-  payloads) and escape what its templates insert as HTML.
+- its views are replaced (in ``app.view_functions``): its pages by
+  :mod:`.rq_pages` (our templates and one static script; none of its
+  templates, which write URL and Redis values into scripts unescaped, is
+  rendered), its JSON views and actions by :mod:`.rq_views` (read with JSON,
+  never pickle, never job arguments, credentials redacted);
+- every response carries a Content-Security-Policy without inline script:
+  pages allow only the script loaded with their nonce, the rest no script.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
 from rq_dashboard import web
 
+from ..redaction import redact
 from .page import PAGE_BLUEPRINT, page
+from .rq_pages import RQ_PAGES, missing
 from .rq_views import (
     RQ_BLUEPRINT,
     RQ_KEPT,
     RQ_VIEWS,
-    redacted,
     rq_endpoints,
     text,
     unreviewed,
@@ -83,10 +91,11 @@ def init_dashboard(app: Flask, state: MessagingState) -> None:
     hooks = app.before_request_funcs.setdefault(RQ_BLUEPRINT, [])
     hooks[:] = [use_app_redis, *(f for f in hooks if f is not web.push_rq_connection)]
     # Only shown, in its navigation bar: no connection is made from it.
-    app.config["RQ_DASHBOARD_REDIS_URL"] = (redacted(state.settings.redis_url),)
+    app.config["RQ_DASHBOARD_REDIS_URL"] = (redact(state.settings.redis_url),)
+    replaced: dict[str, Callable[..., Any]] = {**RQ_VIEWS, **RQ_PAGES}
     for name in rq_endpoints(app) - RQ_KEPT:
         # Views of a newer rq-dashboard are refused until reviewed here.
-        view = RQ_VIEWS.get(name, unreviewed)
+        view = replaced.get(name, unreviewed)
         app.view_functions[f"{RQ_BLUEPRINT}.{name}"] = view
 
     actions = frozenset(
@@ -96,7 +105,7 @@ def init_dashboard(app: Flask, state: MessagingState) -> None:
         and "POST" in (rule.methods or ())
     )
     app.before_request(_guard(check, actions))
-    app.after_request(_secure_headers)
+    app.after_request(_secure_headers(prefix))
 
 
 # -- Access -------------------------------------------------------------------
@@ -151,33 +160,88 @@ def _guard(check: Check, actions: frozenset[str]) -> Callable[[], Response | Non
                 response = text(405, "This action only accepts POST.")
                 response.headers["Allow"] = "POST"
                 return response
-            if not _same_origin():
+            why = _cross_origin()
+            if why is not None:
                 # Browsers send basic auth credentials with cross-site requests.
-                return text(403, "Refused an action that came from another site.")
-        if (request.view_args or {}).get("instance_number", 0) != 0:
+                return text(403, why)
+        view_args = request.view_args or {}
+        if view_args.get("instance_number", 0) != 0:
             return text(404, "This dashboard shows one Redis: instance 0.")
+        absent = missing(view_args)
+        if absent is not None:
+            return text(404, absent)
         return None
 
     return guard
 
 
-def _same_origin() -> bool:
+_ORIGIN_HELP = (
+    " If the app is behind a proxy that terminates HTTPS, have it send"
+    " X-Forwarded-Proto and X-Forwarded-Host and wrap the app in werkzeug's"
+    " ProxyFix, so that it knows the address the browser sees."
+)
+
+
+def _cross_origin() -> str | None:
+    """Why this POST is not from one of the dashboard's pages, or None.
+
+    The origin is compared whole (scheme, host and port): ``http://host``
+    may not act on ``https://host``. ``Sec-Fetch-Site``, where the browser
+    sends it, must say ``same-origin`` too.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site != "same-origin":
+        return f"Refused an action sent from another site (Sec-Fetch-Site: {site})."
     source = request.headers.get("Origin") or request.headers.get("Referer")
     if not source:
-        return False
-    parts = urlsplit(source)
-    return (
-        parts.scheme in ("http", "https")
-        and parts.netloc.lower() == request.host.lower()
-    )
+        return "Refused an action with neither an Origin nor a Referer header."
+    if _origin(source) != _origin(request.host_url):
+        return (
+            f"Refused an action from another origin ({source[:200]}): only the"
+            f" dashboard's own pages, at {request.host_url.rstrip('/')}, may send"
+            " it." + _ORIGIN_HELP
+        )
+    return None
 
 
-def _secure_headers(response: Response) -> Response:
-    if request.blueprint in (RQ_BLUEPRINT, PAGE_BLUEPRINT):
-        response.headers["X-Frame-Options"] = "DENY"  # no clickjacked buttons
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "same-origin"
-        response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
-        if request.endpoint != f"{RQ_BLUEPRINT}.static":
-            response.headers["Cache-Control"] = "no-store"
-    return response
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of ``url``; None for "null" or anything else."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+#: Answers other than our pages (JSON, text, static files) run no script.
+_NO_SCRIPT_POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none';"
+    " form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _secure_headers(prefix: str) -> Callable[[Response], Response]:
+    def secure_headers(response: Response) -> Response:
+        # By path too: the router's redirects, 404s and 405s have no blueprint.
+        if request.blueprint in (RQ_BLUEPRINT, PAGE_BLUEPRINT) or (
+            request.path == prefix or request.path.startswith(prefix + "/")
+        ):
+            response.headers["X-Frame-Options"] = "DENY"  # no clickjacked buttons
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            response.headers["Referrer-Policy"] = "same-origin"
+            response.headers.setdefault("Content-Security-Policy", _NO_SCRIPT_POLICY)
+            if request.endpoint not in _STATIC:
+                response.headers["Cache-Control"] = "no-store"
+        return response
+
+    return secure_headers
+
+
+_STATIC = frozenset({f"{RQ_BLUEPRINT}.static", f"{PAGE_BLUEPRINT}.static"})

@@ -36,7 +36,9 @@ PAGE_BLUEPRINT = "messaging_dashboard"
 #: Failed jobs listed, most recent first.
 FAILURES_SHOWN = 50
 
-page = Blueprint(PAGE_BLUEPRINT, __name__, template_folder="templates")
+page = Blueprint(
+    PAGE_BLUEPRINT, __name__, template_folder="templates", static_folder="static"
+)
 
 # The page needs no script and loads nothing from elsewhere.
 _PAGE_POLICY = (

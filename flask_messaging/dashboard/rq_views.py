@@ -2,8 +2,10 @@
 
 rq-dashboard 0.9 reads jobs with pickle, shows job arguments (the message
 payloads) and inserts job fields into its pages as raw HTML. The views here
-read with JSON only (:class:`~flask_messaging.serializer.ReadOnlySerializer`),
-never show arguments, and escape what its templates insert raw.
+read with JSON only (:class:`~flask_messaging.serializer.ReadOnlySerializer`)
+and never show arguments. Their answers are JSON with the values as Redis
+holds them (credentials redacted): the pages of :mod:`.rq_pages` insert them
+as text, never as HTML.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from collections.abc import Callable
 from enum import Enum
 from math import ceil
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from flask import (
     Flask,
@@ -21,10 +22,8 @@ from flask import (
     abort,
     current_app,
     jsonify,
-    render_template,
     url_for,
 )
-from markupsafe import escape
 from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -37,11 +36,11 @@ from rq.registry import (
     ScheduledJobRegistry,
     StartedJobRegistry,
 )
-from rq.version import VERSION as RQ_VERSION
 from rq_dashboard import web
 
 from ..dispatch import MessagingJob
 from ..extension import get_state
+from ..redaction import redact
 from ..serializer import JSONSerializer, ReadOnlySerializer
 from ..status import UnreadableJob, fetch_jobs, requeue_failed, requeue_failed_job
 
@@ -74,12 +73,6 @@ def _redis() -> Redis:
     return get_state().redis
 
 
-def redacted(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
 def rq_endpoints(app: Flask) -> set[str]:
     return {
         rule.endpoint.partition(".")[2]
@@ -97,14 +90,16 @@ def _fetch(job_id: str) -> Job:
         abort(404)
 
 
-def _escaped(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with its strings escaped, for templates that insert them raw."""
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with enum members (RQ's states) as their plain values."""
     return {
-        key: str(escape(value.value if isinstance(value, Enum) else value))
-        if isinstance(value, str)
-        else value
+        key: value.value if isinstance(value, Enum) else value
         for key, value in values.items()
     }
+
+
+def _redacted(text: str | None) -> str | None:
+    return None if text is None else redact(text)
 
 
 def _json(data: dict[str, Any], status: int = 200) -> Response:
@@ -113,29 +108,24 @@ def _json(data: dict[str, Any], status: int = 200) -> Response:
     return response
 
 
-def _job_view(instance_number: int, job_id: str) -> str:
-    job = _fetch(job_id)
-    config = current_app.config
-    return render_template(
-        "rq_dashboard/job.html",
-        current_instance=instance_number,
-        instance_list=web.escape_format_instance_list(config["RQ_DASHBOARD_REDIS_URL"]),
-        id=job.id,
-        rq_url_prefix=url_for(f"{RQ_BLUEPRINT}.queues_overview"),
-        rq_dashboard_version=web.rq_dashboard_version,
-        rq_version=RQ_VERSION,
-        deprecation_options_usage=config.get("DEPRECATED_OPTIONS", False),
-        enable_delete=not config.get("RQ_DASHBOARD_DISABLE_DELETE"),
-    )
-
-
 def _job_info(instance_number: int, job_id: str) -> Response:
-    job = _fetch(job_id)
+    # Read as the job lists read it: a hash RQ refuses is shown, not a 500.
+    (job,) = fetch_jobs(_redis(), [job_id]) or abort(404)
+    if isinstance(job, UnreadableJob):
+        return _json(
+            {
+                **dict.fromkeys(("created_at", "enqueued_at", "started_at")),
+                **dict.fromkeys(("ended_at", "origin", "result", "metadata")),
+                "id": job.id,
+                "status": "unreadable",
+                "exc_info": _redacted(job.error),
+                "description": job.description,
+            }
+        )
     result = job.latest_result()
     failed = result is not None and result.type != result.Type.SUCCESSFUL
     value = None if result is None or failed else result.return_value
-    # job.html inserts every one of these into the page as raw HTML.
-    info = _escaped(
+    return _json(
         {
             "id": job.id,
             "created_at": web.serialize_date(job.created_at),
@@ -145,12 +135,11 @@ def _job_info(instance_number: int, job_id: str) -> Response:
             "origin": job.origin,
             "status": job.get_status(),
             "result": None if value is None else json.dumps(value, default=repr),
-            "exc_info": result.exc_string if result is not None else None,
+            "exc_info": _redacted(result.exc_string if result is not None else None),
             "description": job.description,
-            "metadata": json.dumps(job.meta, default=repr),
+            "metadata": redact(json.dumps(job.meta, default=repr)),
         }
     )
-    return _json(info)
 
 
 def _list_jobs(
@@ -200,9 +189,8 @@ def _list_jobs(
     }
     return _json(
         {
-            "name": str(escape(queue_name)),
-            "registry_name": str(escape(registry_name)),
-            # jobs.html escapes description and exc_info itself.
+            "name": queue_name,
+            "registry_name": registry_name,
             "jobs": [_job_row(job) for job in jobs],
             "pagination": pagination,
         }
@@ -239,20 +227,20 @@ def _page_of_ids(
 def _job_row(job: Job | UnreadableJob) -> dict[str, Any]:
     if isinstance(job, UnreadableJob):
         return {
-            "id": str(escape(job.id)),
+            "id": job.id,
             "created_at": None,
             "started_at": None,
             "ended_at": None,
-            "exc_info": job.error,
+            "exc_info": _redacted(job.error),
             "description": job.description,
         }
     result = job.latest_result()
     return {
-        "id": str(escape(job.id)),
+        "id": job.id,
         "created_at": web.serialize_date(job.created_at),
         "started_at": web.serialize_date(job.started_at),
         "ended_at": web.serialize_date(job.ended_at),
-        "exc_info": result.exc_string if result is not None else None,
+        "exc_info": _redacted(result.exc_string if result is not None else None),
         "description": job.description,
     }
 
@@ -267,12 +255,12 @@ def _list_workers(instance_number: int) -> Response:
         if job is not None:
             # rq-dashboard shows the call string, message payload included.
             current = {
-                "job_id": str(escape(job.id)),
-                "description": job.description,  # escaped by workers.html
+                "job_id": job.id,
+                "description": job.description,
                 "created_at": web.serialize_date(job.created_at),
-                "call_string": str(escape(job.description or "")),
+                "call_string": job.description,
             }
-        row = _escaped(
+        row = _plain(
             {
                 "name": worker.name,
                 "pid": worker.pid,
@@ -286,7 +274,7 @@ def _list_workers(instance_number: int) -> Response:
                 "python_version": getattr(worker, "python_version", ""),
             }
         )
-        row["queues"] = [str(escape(queue.name)) for queue in worker.queues]
+        row["queues"] = [queue.name for queue in worker.queues]
         row["current_job"] = current
         workers.append(row)
     workers.sort(key=lambda w: (w["state"], w["queues"], w["name"]))
@@ -297,8 +285,6 @@ def _list_queues(instance_number: int) -> Response:
     queues = web.serialize_queues(
         instance_number, sorted(Queue.all(connection=_redis()))
     )
-    for queue in queues:
-        queue["name"] = str(escape(queue["name"]))  # queues.html inserts it raw
     return _json({"queues": queues})
 
 
@@ -358,22 +344,12 @@ def unreviewed(**kwargs: Any) -> Response:
 
 
 #: rq-dashboard 0.9 views kept: they read no job (compact only checks which
-#: job keys exist), and their pages are autoescaped Jinja.
-RQ_KEPT = frozenset(
-    {
-        "static",
-        "favicon",
-        "queues_overview",
-        "workers_overview",
-        "jobs_overview",
-        "compact_queue",
-    }
-)
+#: job keys exist) and render no template.
+RQ_KEPT = frozenset({"static", "favicon", "compact_queue"})
 
-#: rq-dashboard 0.9 views replaced: the originals unpickle jobs, show job
-#: arguments or return fields its templates insert unescaped.
+#: rq-dashboard 0.9 JSON views and actions replaced: the originals unpickle
+#: jobs or show job arguments. Its pages are replaced by :data:`.rq_pages.RQ_PAGES`.
 RQ_VIEWS: dict[str, Callable[..., Any]] = {
-    "job_view": _job_view,
     "job_info": _job_info,
     "list_jobs": _list_jobs,
     "list_workers": _list_workers,

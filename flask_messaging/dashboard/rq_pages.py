@@ -1,0 +1,169 @@
+"""The HTML pages of rq-dashboard's views, with templates and a script of ours.
+
+rq-dashboard 0.9 renders its pages' JavaScript from templates whose names end
+in ``.js``, which Flask renders with autoescaping off: a queue name in the URL
+or in Redis's ``rq:queues`` set was written into a script as it was. Its
+pages also run inline scripts and fill tables through underscore templates
+that insert fields as raw HTML. None of its templates is rendered here.
+
+Our pages are autoescaped HTML; what the script needs (the URLs of the JSON
+views) is in ``data-`` attributes of ``<main id="rq">``; the script,
+``static/rq.js``, is a file (no template), loaded with the response's CSP
+nonce, and puts every value from Redis into the page as text. A queue or job
+that Redis does not hold answers 404 before any view runs (:func:`missing`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from flask import Response, current_app, make_response, render_template
+from rq import Queue
+from rq.job import Job
+from rq.version import VERSION as RQ_VERSION
+from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
+
+from ..extension import get_state
+from ..redaction import redact
+
+__all__ = [
+    "ORDERS",
+    "REGISTRY_NAMES",
+    "RQ_PAGES",
+    "job_exists",
+    "known_queues",
+    "missing",
+    "queue_exists",
+    "script_policy",
+]
+
+#: The registries a job list can show, as rq-dashboard names them.
+REGISTRY_NAMES = (
+    "queued",
+    "scheduled",
+    "deferred",
+    "started",
+    "finished",
+    "failed",
+    "canceled",
+)
+ORDERS = ("asc", "dsc")
+
+
+def script_policy(nonce: str) -> str:
+    """The Content-Security-Policy of a page that runs our script only."""
+    return (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'self';"
+        " img-src 'self' data:; connect-src 'self'; form-action 'self';"
+        " base-uri 'none'; frame-ancestors 'none'"
+    )
+
+
+def known_queues() -> list[str]:
+    """Queue names Redis holds (``rq:queues``) and the app's own, sorted."""
+    state = get_state()
+    prefix = Queue.redis_queue_namespace_prefix
+    keys: set[bytes] = state.redis.smembers(Queue.redis_queues_keys)  # type: ignore[assignment]
+    held = {key.decode(errors="replace").removeprefix(prefix) for key in keys}
+    return sorted(held | set(state.queue_names()))
+
+
+def queue_exists(name: str) -> bool:
+    """Whether ``name`` is one of the app's queues or a queue Redis holds."""
+    state = get_state()
+    if name in state.queue_names():
+        return True
+    key = Queue.redis_queue_namespace_prefix + name
+    return bool(state.redis.sismember(Queue.redis_queues_keys, key))
+
+
+def job_exists(job_id: str) -> bool:
+    """Whether Redis holds a job hash for ``job_id`` (nothing is read from it)."""
+    return bool(get_state().redis.exists(Job.key_for(job_id)))
+
+
+def _render(page_name: str, **context: Any) -> Response:
+    nonce = secrets.token_urlsafe(18)
+    config = current_app.config
+    response = make_response(
+        render_template(
+            f"messaging/rq/{page_name}.html",
+            page_name=page_name,
+            csp_nonce=nonce,
+            redis_url=redact(get_state().settings.redis_url),
+            rq_version=RQ_VERSION,
+            rq_dashboard_version=RQ_DASHBOARD_VERSION,
+            poll_interval=int(config.get("RQ_DASHBOARD_POLL_INTERVAL", 2500)),
+            enable_delete=not config.get("RQ_DASHBOARD_DISABLE_DELETE"),
+            **context,
+        )
+    )
+    response.headers["Content-Security-Policy"] = script_policy(nonce)
+    return response
+
+
+def _queues_view(instance_number: int) -> Response:
+    return _render("queues", active="queues")
+
+
+def _workers_view(instance_number: int) -> Response:
+    return _render("workers", active="workers")
+
+
+def _jobs_view(
+    instance_number: int,
+    queue_name: str | None,
+    registry_name: str,
+    per_page: int,
+    order: str,
+    page: int,
+) -> Response:
+    return _render(
+        "jobs",
+        active="jobs",
+        queue_name=queue_name or get_state().queue_names()[0],
+        queues=known_queues(),
+        registry_name=registry_name,
+        registry_names=REGISTRY_NAMES,
+        per_page=per_page,
+        order=order,
+        page=page,
+    )
+
+
+def _job_view(instance_number: int, job_id: str) -> Response:
+    return _render("job", active="jobs", job_id=job_id)
+
+
+def missing(view_args: dict[str, Any]) -> str | None:
+    """Why the URL's queue, job, registry or page is not there, or None.
+
+    Checked before any view runs: a queue or job that Redis does not hold
+    never reaches a template or a JSON answer.
+    """
+    queue_name = view_args.get("queue_name")
+    if queue_name is not None and not queue_exists(queue_name):
+        return "There is no queue of that name in Redis."
+    job_id = view_args.get("job_id")
+    if job_id is not None and not job_exists(job_id):
+        return "There is no job with that id in Redis."
+    if view_args.get("registry_name", "queued") not in REGISTRY_NAMES:
+        return f"A job list is one of: {', '.join(REGISTRY_NAMES)}."
+    if view_args.get("order", "asc") not in ORDERS:
+        return "Jobs are listed in 'asc' or 'dsc' order."
+    for name in ("per_page", "page"):
+        value = str(view_args.get(name, 1))
+        if not (value.isascii() and value.isdigit()) or int(value) < 1:
+            return "Pages and page sizes are whole numbers from 1."
+    return None
+
+
+#: rq-dashboard 0.9 page views, by endpoint name, replaced by ours.
+RQ_PAGES: dict[str, Callable[..., Response]] = {
+    "queues_overview": _queues_view,
+    "workers_overview": _workers_view,
+    "jobs_overview": _jobs_view,
+    "job_view": _job_view,
+}
