@@ -13,12 +13,33 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .extension import MessagingState, get_state
+from .redaction import redact
 from .subscription import Subscription
 
 __all__ = ["messaging_cli"]
 
 
-@click.group("messaging", help="Inspect subscribers and run messaging workers.")
+class _RedactingGroup(click.Group):
+    """A command group whose error messages never show a credential.
+
+    Every command's one-line error quotes what went wrong, often an exception
+    that names the Redis or database URL; all pass through
+    :func:`~flask_messaging.redaction.redact` here, whoever raised them.
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            exc.message = redact(exc.message)  # type: ignore[misc]
+            raise
+
+
+@click.group(
+    "messaging",
+    cls=_RedactingGroup,
+    help="Inspect subscribers and run messaging workers.",
+)
 def messaging_cli() -> None:
     pass
 

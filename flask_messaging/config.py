@@ -8,6 +8,7 @@ from typing import Any
 
 from .jobs import JobOptions
 from .queue_names import PRIORITY_ORDER
+from .redaction import redact
 
 __all__ = ["DEFAULTS", "OutboxSettings", "Settings"]
 
@@ -99,7 +100,7 @@ class Settings:
 
 
 def _bad(key: str, value: Any, expected: str) -> ValueError:
-    return ValueError(f"{key} must be {expected}, not {value!r}.")
+    return ValueError(f"{key} must be {expected}, not {redact(repr(value))}.")
 
 
 def _string(config: Mapping[str, Any], key: str) -> str:

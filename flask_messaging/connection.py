@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from redis import Redis
 
+from .redaction import redact
+
 __all__ = ["MEMORY_URL", "connect", "is_memory_url"]
 
 #: ``MESSAGING_REDIS_URL`` for an in-process Redis stand-in (fakeredis) with a
@@ -23,8 +25,12 @@ def connect(url: str) -> Redis:
         return fakeredis.FakeRedis(server=fakeredis.FakeServer())
     try:
         return Redis.from_url(url)
-    except ValueError as exc:
+    except ValueError:
+        # Not chained, and the parser's words left out: a password with an
+        # unencoded "/" or "#" makes it quote a piece of that password.
         raise ValueError(
-            f"MESSAGING_REDIS_URL {url!r} is not a Redis URL ({exc}); use"
-            " 'redis://host:6379/0', 'rediss://…', 'unix://…' or 'memory://'."
-        ) from exc
+            f"MESSAGING_REDIS_URL {redact(url)!r} is not a Redis URL that can be"
+            " parsed; use 'redis://[[user]:password@]host:6379/0', 'rediss://…',"
+            " 'unix://…' or 'memory://', with any '/', '@', ':' or '#' in the user"
+            " name or password percent-encoded."
+        ) from None

@@ -15,6 +15,7 @@ from .config import DEFAULTS, Settings
 from .connection import connect, is_memory_url
 from .jobs import InlineJobs, RQJobs
 from .message import Message
+from .redaction import redact_logs
 from .signing import Signer
 from .subscription import (
     Predicate,
@@ -166,6 +167,7 @@ class Messaging:
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         app.config.setdefault("MESSAGING_ASYNC", not app.testing)
+        redact_logs()
         state = MessagingState(app, db)
         for subscription in self._declared:
             state.registry.add(subscription)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["MASK", "RedactingFilter", "redact"]
+__all__ = ["LOGGERS", "MASK", "RedactingFilter", "redact", "redact_logs"]
 
 #: What a secret is replaced with.
 MASK = "***"
@@ -86,3 +86,33 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
+
+
+#: The loggers whose records may quote a URL or an exception: ours, and each
+#: one RQ 2.12 and 3.x log through (a logger's filters only see the records
+#: made on that very logger, not those of its children).
+LOGGERS = (
+    "flask_messaging",
+    "rq.worker",
+    "rq.job",
+    "rq.queue",
+    "rq.registry",
+    "rq.scheduler",
+    "rq.worker_pool",
+    "rq.cron",
+    "rq.webhook",
+    "rq.scripts",
+    "rq.utils",
+)
+
+
+def redact_logs() -> None:
+    """Give each logger of :data:`LOGGERS` a :class:`RedactingFilter`, once.
+
+    Called by :meth:`~flask_messaging.Messaging.init_app`: every process that
+    sets up an app (web, worker, relay, CLI) redacts what it logs.
+    """
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())

@@ -21,6 +21,7 @@ from rq.registry import (
 )
 
 from .dispatch import MessagingJob
+from .redaction import redact
 from .serializer import JSONSerializer, ReadOnlySerializer
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def fetch_jobs(connection: Redis, ids: Sequence[str]) -> list[Job | UnreadableJo
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return redact(f"{type(exc).__name__}: {exc}") if str(exc) else type(exc).__name__
 
 
 def _queue(state: MessagingState, name: str) -> Queue:
@@ -259,4 +260,4 @@ def outbox_backlog(state: MessagingState) -> int | None:
 
 def _last_line(text: str | None) -> str:
     lines = (text or "").strip().splitlines()
-    return lines[-1][:300] if lines else ""
+    return redact(lines[-1])[:300] if lines else ""

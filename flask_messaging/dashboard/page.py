@@ -18,6 +18,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from ..cli import _describe
 from ..extension import get_state
+from ..redaction import redact
 from ..status import (
     Failure,
     QueueStatus,
@@ -95,4 +96,4 @@ def requeue(queue_name: str, job_id: str) -> BaseResponse:
 
 
 def _first_line(text: str) -> str:
-    return text.strip().partition("\n")[0][:300]
+    return redact(text.strip().partition("\n")[0])[:300]
