@@ -17,13 +17,13 @@ __all__ = ["LOGGERS", "MASK", "RedactingFilter", "redact", "redact_logs"]
 #: What a secret is replaced with.
 MASK = "***"
 
-# The user-info of a URL: everything between "scheme://" and the last "@"
-# before the host. A password with an unencoded "/", "#" or "@" (a URL that
-# parses wrongly, and so ends up in an error message) is still covered: the
-# match runs to the last "@" of the whole word.
-_USERINFO = re.compile(
-    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^\s'\"<>`]*)@"
-)
+# Where a URL starts, and where the part that may hold user-info ends: at a
+# space or quote, or where the next URL starts. Every pattern is bounded or
+# stops at a fixed character, so the time taken grows with the text, not
+# with its square (exception texts can be large and are written by anyone
+# who can raise or write to Redis).
+_SCHEME = re.compile(r"(?<![a-zA-Z0-9+.\-])[a-zA-Z][a-zA-Z0-9+.\-]{0,30}://")
+_URL_END = re.compile(r"[\s'\"<>`]|://")
 
 # Query parameters and libpq-style "key=value" words whose value is a secret.
 _SECRET_WORDS = (
@@ -31,22 +31,47 @@ _SECRET_WORDS = (
     r"|auth|credentials?|signature"
 )
 _SECRET_PARAMETER = re.compile(
-    rf"(?P<key>\b[\w-]*(?:{_SECRET_WORDS})[\w-]*\s*=\s*)"
-    r"(?P<value>'[^']*'|\"[^\"]*\"|[^\s&;,'\"<>)\]}]+)",
+    rf"(?P<key>(?<![\w-])[\w-]{{0,40}}?(?:{_SECRET_WORDS})[\w-]{{0,40}}"
+    r"[ \t]{0,5}=[ \t]{0,5})"
+    r"(?P<value>'[^'\n]{0,256}'|\"[^\"\n]{0,256}\"|[^\s&;,'\"<>)\]}]+)",
     re.IGNORECASE,
 )
 
 
-def _userinfo(match: re.Match[str]) -> str:
-    userinfo = match["userinfo"]
-    user, colon, _ = userinfo.partition(":")
+def _masked_userinfo(userinfo: str) -> str | None:
+    """What to print instead of ``userinfo``; None if it is not user-info."""
+    user, colon, rest = userinfo.partition(":")
     if not colon and "/" in userinfo:
-        return match[0]  # a path with an "@" in it, no user-info
+        return None  # a path with an "@" in it ("https://host/users/@ada")
+    if "/" in rest and rest.partition("/")[0].isdigit() and "/" not in user:
+        return None  # "host:8080/path/@x": a port, not a password
     if not colon or "/" in user or "@" in user:
-        # A lone token ("https://TOKEN@host") or a part that is not a user
-        # name: all of it is hidden.
-        return f"{match['scheme']}{MASK}@"
-    return f"{match['scheme']}{user}:{MASK}@"
+        # A lone token ("https://TOKEN@host"), or a part that is not a name.
+        return MASK
+    return f"{user}:{MASK}"
+
+
+def _mask_userinfo(text: str) -> str:
+    # The user-info runs from "scheme://" to the last "@" before the end of
+    # the URL: a password with an unencoded "/", "#", "?" or "@" (a URL that
+    # parses wrongly, and so ends up in an error message) is covered too.
+    parts = []
+    done = 0
+    for scheme in _SCHEME.finditer(text):
+        start = scheme.end()
+        if start <= done:
+            continue
+        stop = _URL_END.search(text, start)
+        end = stop.start() if stop else len(text)
+        at = text.rfind("@", start, end)
+        if at == -1:
+            continue
+        masked = _masked_userinfo(text[start:at])
+        if masked is not None:
+            parts += [text[done:start], masked]
+            done = at
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 def redact(text: str) -> str:
@@ -59,10 +84,11 @@ def redact(text: str) -> str:
 
     :param text: any message; text without credentials comes back unchanged.
     """
-    if "=" not in text and "@" not in text:
-        return text
-    text = _USERINFO.sub(_userinfo, text)
-    return _SECRET_PARAMETER.sub(lambda m: f"{m['key']}{MASK}", text)
+    if "@" in text:
+        text = _mask_userinfo(text)
+    if "=" in text:
+        text = _SECRET_PARAMETER.sub(lambda m: f"{m['key']}{MASK}", text)
+    return text
 
 
 class RedactingFilter(logging.Filter):
@@ -75,10 +101,16 @@ class RedactingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
+        try:
+            message = record.getMessage()
+        except Exception:
+            # Arguments that do not fit the format: logging reports that
+            # when the record is printed; a filter must not raise instead.
+            message = None
+        if message is not None:
+            redacted = redact(message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

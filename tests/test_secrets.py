@@ -66,6 +66,26 @@ def test_redact_masks_the_credentials_of_every_url_in_a_text(
     assert redact(text) == shown
 
 
+@pytest.mark.parametrize(
+    "noise",
+    ["a://" * 250_000, "a-" * 500_000, "password='" * 100_000, "@" * 1_000_000],
+    ids=["schemes", "dashes", "open-quotes", "ats"],
+)
+def test_redact_reads_a_large_hostile_text_once(noise: str) -> None:
+    # Patterns that backtracked over the rest of the text at every start
+    # would take hours on a megabyte; these read it in one pass.
+    text = f"{noise} redis://:{SECRET}@host/0"
+    assert redact(text).endswith(" redis://:***@host/0")
+
+
+def test_the_log_filter_never_raises_for_arguments_that_do_not_fit() -> None:
+    record = logging.LogRecord(
+        "rq.worker", logging.ERROR, __file__, 1, "%d jobs", ("many",), None
+    )
+    assert RedactingFilter().filter(record)
+    assert record.args == ("many",)
+
+
 def test_the_log_filter_masks_messages_arguments_and_tracebacks() -> None:
     record = logging.LogRecord(
         "rq.worker", logging.ERROR, __file__, 1, "Lost %s", (DATABASE_URL,), None
