@@ -307,3 +307,49 @@ def test_hostile_values_in_redis_run_no_script(
 
     page.goto(f"{rq}/messaging/")
     no_script_ran()
+
+
+def test_buttons_act_and_a_page_elsewhere_cannot(
+    operator: tuple[Any, Callable[[], None]], dashboard: tuple[Flask, str]
+) -> None:
+    from rq.registry import FailedJobRegistry
+    from werkzeug.serving import make_server
+    from werkzeug.wrappers import Response
+
+    page, no_script_ran = operator
+    app, url = dashboard
+    publish_notes(app, "one", "two")
+    failed = FailedJobRegistry(HIGH_PRIORITY, connection=get_state(app).redis)
+    first, second = failed.get_job_ids()
+
+    # A page of the same host on another port: same site, another origin.
+    hostile = f"""<!doctype html><form id="f" method="post"
+        action="{url}/rq/requeue/{HIGH_PRIORITY}"></form>
+        <script>
+        var post = {{method: "POST", mode: "no-cors", credentials: "include"}};
+        Promise.allSettled([
+          fetch("{url}/rq/job/{first}/delete", post),
+          fetch("{url}/rq/queue/{HIGH_PRIORITY}/failed/empty", post),
+        ]).then(function () {{ document.getElementById("f").submit(); }});
+        </script>"""
+    elsewhere = make_server(
+        "127.0.0.1", free_port(), Response(hostile, mimetype="text/html")
+    )
+    thread = threading.Thread(target=elsewhere.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with page.expect_navigation(url=f"{url}/rq/requeue/{HIGH_PRIORITY}"):
+            page.goto(f"http://127.0.0.1:{elsewhere.server_port}/")
+        assert "Refused an action sent from another site" in page.content()
+    finally:
+        elsewhere.shutdown()
+        thread.join(10)
+    assert failed.get_job_ids() == [first, second]
+
+    # The dashboard's own button: its POST passes the origin checks.
+    page.goto(f"{url}/rq/0/view/jobs/{HIGH_PRIORITY}/failed/8/asc/1")
+    row = page.locator("table#jobs tbody tr", has_text=first)
+    row.locator("button[data-job-action=requeue]").click()
+    row.wait_for(state="detached")
+    assert failed.get_job_ids() == [second]
+    no_script_ran()
