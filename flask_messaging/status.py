@@ -19,6 +19,7 @@ from rq.registry import (
     ScheduledJobRegistry,
     StartedJobRegistry,
 )
+from rq.worker import BaseWorker
 
 from .dispatch import MessagingJob
 from .redaction import redact
@@ -33,10 +34,13 @@ __all__ = [
     "Failure",
     "QueueStatus",
     "UnreadableJob",
+    "UnreadableWorker",
     "WorkerStatus",
     "fetch_jobs",
     "outbox_backlog",
+    "queue_names_in_redis",
     "queue_status",
+    "read_workers",
     "recent_failures",
     "requeue_failed",
     "requeue_failed_job",
@@ -116,6 +120,61 @@ def fetch_jobs(connection: Redis, ids: Sequence[str]) -> list[Job | UnreadableJo
     return readable
 
 
+@dataclass(frozen=True)
+class UnreadableWorker:
+    """A worker entry RQ cannot read: a key or hash written by something else."""
+
+    name: str
+    #: RQ's complaint.
+    error: str
+
+    state = "unreadable"
+
+
+def queue_names_in_redis(connection: Redis) -> list[str]:
+    """The queue names Redis lists in ``rq:queues``, sorted.
+
+    An entry that is not a queue key (``rq:queue:<name>``), which makes RQ's
+    ``Queue.all`` raise, is left out.
+    """
+    prefix = Queue.redis_queue_namespace_prefix
+    keys: set[bytes] = connection.smembers(Queue.redis_queues_keys)  # type: ignore[assignment]
+    names = (key.decode(errors="replace") for key in keys)
+    return sorted(name[len(prefix) :] for name in names if name.startswith(prefix))
+
+
+def read_workers(connection: Redis) -> list[BaseWorker | UnreadableWorker]:
+    """The workers Redis lists in ``rq:workers``, each read on its own.
+
+    RQ's ``Worker.all`` raises for the whole list when one entry is not a
+    worker key or its hash does not parse; such an entry comes back as an
+    :class:`UnreadableWorker` instead. Jobs are read without unpickling.
+    """
+    prefix = Worker.redis_worker_namespace_prefix
+    keys: set[bytes] = connection.smembers(Worker.redis_workers_keys)  # type: ignore[assignment]
+    found: list[BaseWorker | UnreadableWorker] = []
+    for key in sorted(k.decode(errors="replace") for k in keys):
+        name = key.removeprefix(prefix)
+        if not key.startswith(prefix):
+            found.append(UnreadableWorker(name, "not a worker key"))
+            continue
+        try:
+            worker = Worker.find_by_key(
+                key,
+                connection=connection,
+                job_class=MessagingJob,
+                serializer=ReadOnlySerializer,
+            )
+        except RedisError:
+            raise
+        except Exception as exc:  # a hash RQ cannot parse
+            found.append(UnreadableWorker(name, _describe(exc)))
+            continue
+        if worker is not None:  # None: gone meanwhile
+            found.append(worker)
+    return found
+
+
 def _describe(exc: BaseException) -> str:
     return redact(f"{type(exc).__name__}: {exc}") if str(exc) else type(exc).__name__
 
@@ -158,20 +217,21 @@ def queue_status(state: MessagingState) -> list[QueueStatus]:
 
 
 def worker_status(state: MessagingState) -> list[WorkerStatus]:
-    """Workers registered on the app's Redis."""
-    workers = Worker.all(connection=state.redis, serializer=ReadOnlySerializer)
-    return sorted(
-        (
+    """Workers registered on the app's Redis (unreadable ones included)."""
+    rows = []
+    for worker in read_workers(state.redis):
+        if isinstance(worker, UnreadableWorker):
+            rows.append(WorkerStatus(worker.name, worker.state, (), None))
+            continue
+        rows.append(
             WorkerStatus(
                 name=worker.name,
                 state=str(getattr(worker.get_state(), "value", worker.get_state())),
                 queues=tuple(worker.queue_names()),
                 current_job=worker.get_current_job_id(),
             )
-            for worker in workers
-        ),
-        key=lambda w: w.name,
-    )
+        )
+    return sorted(rows, key=lambda w: w.name)
 
 
 def recent_failures(state: MessagingState, limit: int = 50) -> list[Failure]:

@@ -204,6 +204,9 @@ def plant_hostile_values(app: Flask) -> dict[str, str]:
             mapping={"queues": name, "state": "idle", "birth": "", "pid": 1},
         )
         redis.sadd("rq:workers", f"rq:worker:{name}")
+    # Entries that are not a queue or worker key at all.
+    redis.sadd("rq:queues", HOSTILE[1])
+    redis.sadd("rq:workers", HOSTILE[2])
     # A job id RQ would never make, in a registry and in a queue.
     bad_id = HOSTILE[1]
     redis.hset(f"rq:job:{bad_id}", mapping={"status": "failed", "origin": bad_id})

@@ -624,6 +624,35 @@ def test_no_rq_dashboard_template_is_rendered_and_every_view_is_reviewed(
     assert kept == set(RQ_KEPT) == {"static", "favicon", "compact_queue"}
 
 
+def test_queue_and_worker_entries_rq_cannot_read_are_listed_not_a_failure(
+    app: Flask,
+) -> None:
+    publish_notes(app, "note")
+    redis = get_state(app).redis
+    # Each made RQ's Queue.all or Worker.all, and so the whole page, fail.
+    redis.sadd("rq:queues", "javascript:alert(1)", f"rq:queue:{SCRIPT_BREAKER}")
+    redis.sadd("rq:workers", "<b>not a worker key</b>", "rq:worker:garbled")
+    redis.hset("rq:worker:garbled", mapping={"birth": "yesterday", "queues": "high"})
+    client = app.test_client()
+
+    queues = client.get("/rq/0/data/queues.json", headers=basic()).json
+    names = [queue["name"] for queue in queues["queues"]]
+    assert names == sorted([HIGH_PRIORITY, LOW_PRIORITY, SCRIPT_BREAKER])
+    workers = client.get("/rq/0/data/workers.json", headers=basic()).json
+    rows = {w["name"]: w for w in workers["workers"]}
+    assert rows["<b>not a worker key</b>"]["state"] == "unreadable"
+    assert rows["garbled"]["state"] == "unreadable"
+    assert "yesterday" in rows["garbled"]["current_job"]
+    for path in ("/rq/", "/rq/0/view/workers", "/rq/0/view/jobs", "/rq/messaging/"):
+        response = client.get(path, headers=basic())
+        assert response.status_code == 200, path
+        assert "<b>" not in response.text
+
+    result = app.test_cli_runner().invoke(args=["messaging", "status"])
+    assert result.exit_code == 0, result.output
+    assert "garbled" in result.output and "unreadable" in result.output
+
+
 # -- The messaging page ---------------------------------------------------------
 
 

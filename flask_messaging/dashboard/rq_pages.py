@@ -27,6 +27,7 @@ from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
 
 from ..extension import get_state
 from ..redaction import redact
+from ..status import queue_names_in_redis
 
 __all__ = [
     "ORDERS",
@@ -64,10 +65,7 @@ def script_policy(nonce: str) -> str:
 def known_queues() -> list[str]:
     """Queue names Redis holds (``rq:queues``) and the app's own, sorted."""
     state = get_state()
-    prefix = Queue.redis_queue_namespace_prefix
-    keys: set[bytes] = state.redis.smembers(Queue.redis_queues_keys)  # type: ignore[assignment]
-    held = {key.decode(errors="replace").removeprefix(prefix) for key in keys}
-    return sorted(held | set(state.queue_names()))
+    return sorted({*queue_names_in_redis(state.redis), *state.queue_names()})
 
 
 def queue_exists(name: str) -> bool:

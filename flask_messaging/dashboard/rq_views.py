@@ -24,7 +24,8 @@ from flask import (
     jsonify,
     url_for,
 )
-from rq import Queue, Worker
+from redis.exceptions import RedisError
+from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import (
@@ -36,13 +37,22 @@ from rq.registry import (
     ScheduledJobRegistry,
     StartedJobRegistry,
 )
+from rq.worker import BaseWorker
 from rq_dashboard import web
 
 from ..dispatch import MessagingJob
 from ..extension import get_state
 from ..redaction import redact
 from ..serializer import JSONSerializer, ReadOnlySerializer
-from ..status import UnreadableJob, fetch_jobs, requeue_failed, requeue_failed_job
+from ..status import (
+    UnreadableJob,
+    UnreadableWorker,
+    fetch_jobs,
+    queue_names_in_redis,
+    read_workers,
+    requeue_failed,
+    requeue_failed_job,
+)
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -246,46 +256,68 @@ def _job_row(job: Job | UnreadableJob) -> dict[str, Any]:
 
 
 def _list_workers(instance_number: int) -> Response:
-    workers = []
-    for worker in Worker.all(
-        connection=_redis(), job_class=MessagingJob, serializer=ReadOnlySerializer
-    ):
-        job = worker.get_current_job()
-        current: Any = "idle"
-        if job is not None:
-            # rq-dashboard shows the call string, message payload included.
-            current = {
-                "job_id": job.id,
-                "description": job.description,
-                "created_at": web.serialize_date(job.created_at),
-                "call_string": job.description,
-            }
-        row = _plain(
-            {
-                "name": worker.name,
-                "pid": worker.pid,
-                "state": worker.get_state(),
-                "last_heartbeat": worker.last_heartbeat,
-                "birth_date": worker.birth_date,
-                "successful_job_count": worker.successful_job_count,
-                "failed_job_count": worker.failed_job_count,
-                "total_working_time": worker.total_working_time,
-                "version": getattr(worker, "version", ""),
-                "python_version": getattr(worker, "python_version", ""),
-            }
-        )
-        row["queues"] = [queue.name for queue in worker.queues]
-        row["current_job"] = current
-        workers.append(row)
+    workers = [_worker_row(worker) for worker in read_workers(_redis())]
     workers.sort(key=lambda w: (w["state"], w["queues"], w["name"]))
     return _json({"workers": workers})
 
 
-def _list_queues(instance_number: int) -> Response:
-    queues = web.serialize_queues(
-        instance_number, sorted(Queue.all(connection=_redis()))
+def _worker_row(worker: BaseWorker | UnreadableWorker) -> dict[str, Any]:
+    if isinstance(worker, UnreadableWorker):
+        return {
+            "name": worker.name,
+            "state": worker.state,
+            "queues": [],
+            "current_job": _redacted(worker.error),
+        }
+    current: Any = "idle"
+    try:
+        job = worker.get_current_job()
+    except RedisError:
+        raise
+    except Exception:  # a job hash RQ cannot parse
+        job_id = worker.get_current_job_id()
+        current = {
+            "job_id": job_id,
+            "description": UnreadableJob.description,
+            "created_at": None,
+            "call_string": UnreadableJob.description,
+        }
+        job = None
+    if job is not None:
+        # rq-dashboard shows the call string, message payload included.
+        current = {
+            "job_id": job.id,
+            "description": job.description,
+            "created_at": web.serialize_date(job.created_at),
+            "call_string": job.description,
+        }
+    row = _plain(
+        {
+            "name": worker.name,
+            "pid": worker.pid,
+            "state": worker.get_state(),
+            "last_heartbeat": worker.last_heartbeat,
+            "birth_date": worker.birth_date,
+            "successful_job_count": worker.successful_job_count,
+            "failed_job_count": worker.failed_job_count,
+            "total_working_time": worker.total_working_time,
+            "version": getattr(worker, "version", ""),
+            "python_version": getattr(worker, "python_version", ""),
+        }
     )
-    return _json({"queues": queues})
+    row["queues"] = [queue.name for queue in worker.queues]
+    row["current_job"] = current
+    return row
+
+
+def _list_queues(instance_number: int) -> Response:
+    # Not Queue.all(): one entry of rq:queues that is not a queue key made
+    # it, and the whole page, fail.
+    connection = _redis()
+    queues = [
+        Queue(name, connection=connection) for name in queue_names_in_redis(connection)
+    ]
+    return _json({"queues": web.serialize_queues(instance_number, queues)})
 
 
 def _delete_job_view(job_id: str) -> Response:
