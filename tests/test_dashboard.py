@@ -653,6 +653,38 @@ def test_queue_and_worker_entries_rq_cannot_read_are_listed_not_a_failure(
     assert "garbled" in result.output and "unreadable" in result.output
 
 
+def test_a_job_rq_cannot_read_can_be_deleted_not_requeued(app: Flask) -> None:
+    jobs = publish_notes(app, "one", "two")
+    redis = get_state(app).redis
+    registry = FailedJobRegistry(HIGH_PRIORITY, connection=redis)
+    readable, garbled = registry.get_job_ids()
+    redis.hset(f"rq:job:{garbled}", "created_at", "yesterday")
+    for bad in ("bad.id", "<img src=x onerror=alert(1)>"):
+        redis.hset(f"rq:job:{bad}", mapping={"origin": HIGH_PRIORITY})
+        redis.zadd(registry.key, {bad: 9e9})
+        redis.rpush(f"rq:queue:{HIGH_PRIORITY}", bad)
+    client = app.test_client()
+    headers = {**basic(), **SAME_ORIGIN}
+
+    info = client.get(f"/rq/0/data/job/{quote('bad.id')}.json", headers=basic())
+    assert info.status_code == 200 and info.json["status"] == "unreadable"
+    refused = client.post("/rq/job/bad.id/requeue", headers=headers)
+    assert refused.status_code == 409
+    assert "cannot be requeued; delete it" in refused.json["error"]
+    response = client.post("/rq/job/bad.id/delete", headers=headers)
+    assert response.json == {"status": "OK"}
+    assert not redis.exists("rq:job:bad.id")
+    assert "bad.id" not in registry.get_job_ids()
+    assert b"bad.id" not in redis.lrange(f"rq:queue:{HIGH_PRIORITY}", 0, -1)
+
+    response = client.post(f"/rq/queue/{HIGH_PRIORITY}/failed/empty", headers=headers)
+    assert response.json == {"status": "OK"}
+    assert registry.get_job_ids() == []
+    assert not any(redis.exists(f"rq:job:{job}") for job in (readable, garbled))
+    # Other queues are left as they were.
+    assert jobs.queued in Queue(LOW_PRIORITY, connection=redis).get_job_ids()
+
+
 # -- The messaging page ---------------------------------------------------------
 
 

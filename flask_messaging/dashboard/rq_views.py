@@ -37,6 +37,7 @@ from rq.registry import (
     ScheduledJobRegistry,
     StartedJobRegistry,
 )
+from rq.results import Result
 from rq.worker import BaseWorker
 from rq_dashboard import web
 
@@ -333,8 +334,35 @@ def _delete(job_id: str, registry: BaseRegistry | None = None) -> bool:
         if registry is not None and not isinstance(registry, StartedJobRegistry):
             registry.remove(job_id)  # an id whose job expired
         return False
+    except RedisError:
+        raise
+    except Exception:  # a hash RQ cannot parse, or an id it refuses
+        _delete_unreadable(job_id, registry)
+        return True
     job.delete()
     return True
+
+
+def _delete_unreadable(job_id: str, registry: BaseRegistry | None) -> None:
+    """Delete a job RQ cannot read: its keys, and its id where it is listed.
+
+    The lists are those of the registry it was found in and of the queue its
+    hash names as ``origin`` (read as a plain string, nothing else parsed).
+    """
+    connection = _redis()
+    key = Job.key_for(job_id)
+    origin = connection.hget(key, "origin")
+    names = {registry.name} if registry is not None else set()
+    if isinstance(origin, bytes) and origin:
+        names.add(origin.decode(errors="replace"))
+    with connection.pipeline() as pipe:
+        for name in names:
+            pipe.lrem(Queue(name, connection=connection).key, 0, job_id)
+            for registry_class in _REGISTRIES.values():
+                pipe.zrem(registry_class(name, connection=connection).key, job_id)
+        results = Result.get_key(job_id)  # type: ignore[no-untyped-call]
+        pipe.delete(key, Job.dependents_key_for(job_id), results)
+        pipe.execute()
 
 
 def _requeue_job_view(job_id: str) -> Response:
@@ -342,6 +370,18 @@ def _requeue_job_view(job_id: str) -> Response:
         job = MessagingJob.fetch(job_id, connection=_redis(), serializer=JSONSerializer)
     except NoSuchJobError:
         return _json({"status": "ERROR"}, 404)
+    except RedisError:
+        raise
+    except Exception as exc:  # a hash RQ cannot parse, or an id it refuses
+        reason = redact(f"{type(exc).__name__}: {exc}")
+        return _json(
+            {
+                "status": "ERROR",
+                "error": f"RQ cannot read this job ({reason}), so it cannot be"
+                " requeued; delete it.",
+            },
+            409,
+        )
     if not requeue_failed_job(get_state(), job.origin, job_id):
         return _json({"status": "ERROR"}, 404)
     return _json({"status": "OK"})

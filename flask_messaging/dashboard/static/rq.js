@@ -68,12 +68,22 @@
 
   function request(url, options) {
     return fetch(url, options).then(function (response) {
-      if (!response.ok) {
-        throw new Error(
-          (options.method || "GET") + " " + url + " answered " + response.status
-        );
+      if (response.ok) {
+        return response.json();
       }
-      return response.json();
+      // The server's reason, shown as text: JSON "error", or the plain text.
+      return response.text().then(function (body) {
+        var reason = body;
+        try {
+          reason = JSON.parse(body).error || body;
+        } catch (notJSON) {
+          // a plain-text answer
+        }
+        throw new Error(
+          (options.method || "GET") + " " + url + " answered " +
+            response.status + ": " + text(reason).trim()
+        );
+      });
     });
   }
 
