@@ -145,7 +145,9 @@ def _job_info(instance_number: int, job_id: str) -> Response:
             "ended_at": web.serialize_date(job.ended_at),
             "origin": job.origin,
             "status": job.get_status(),
-            "result": None if value is None else json.dumps(value, default=repr),
+            "result": None
+            if value is None
+            else redact(json.dumps(value, default=repr)),
             "exc_info": _redacted(result.exc_string if result is not None else None),
             "description": job.description,
             "metadata": redact(json.dumps(job.meta, default=repr)),
