@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .jobs import JobOptions
@@ -59,7 +59,8 @@ class OutboxSettings:
 class Settings:
     """The validated ``MESSAGING_*`` values of one app."""
 
-    redis_url: str
+    #: Left out of ``repr()``: it may hold a password.
+    redis_url: str = field(repr=False)
     queues: tuple[str, ...]
     is_async: bool
     jobs: JobOptions

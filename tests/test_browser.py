@@ -355,4 +355,9 @@ def test_buttons_act_and_a_page_elsewhere_cannot(
     row.locator("button[data-job-action=requeue]").click()
     row.wait_for(state="detached")
     assert failed.get_job_ids() == [second]
+    # And the messaging page's form.
+    page.goto(f"{url}/rq/messaging/")
+    with page.expect_navigation(url=f"{url}/rq/messaging/"):
+        page.locator("tr", has_text=second).locator("button").click()
+    assert failed.get_job_ids() == []
     no_script_ran()

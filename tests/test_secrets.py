@@ -209,4 +209,5 @@ def test_the_password_is_on_no_page_log_line_or_command_output(
     assert "cannot reach postgresql://app:***@db.internal" in caplog.text
     assert SECRET not in caplog.text
     assert re.search(r"rq\.worker", " ".join(r.name for r in caplog.records))
+    assert SECRET not in repr(get_state(app).settings)
     assert {"flask_messaging", "rq.worker", "rq.job"} <= set(LOGGERS)
