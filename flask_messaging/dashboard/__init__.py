@@ -195,7 +195,8 @@ def _cross_origin() -> str | None:
     source = request.headers.get("Origin") or request.headers.get("Referer")
     if not source:
         return "Refused an action with neither an Origin nor a Referer header."
-    if _origin(source) != _origin(request.host_url):
+    mine = _origin(request.host_url)
+    if mine is None or _origin(source) != mine:
         return (
             f"Refused an action from another origin ({source[:200]}): only the"
             f" dashboard's own pages, at {request.host_url.rstrip('/')}, may send"

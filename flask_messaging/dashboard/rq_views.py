@@ -92,15 +92,6 @@ def rq_endpoints(app: Flask) -> set[str]:
     }
 
 
-def _fetch(job_id: str) -> Job:
-    try:
-        return MessagingJob.fetch(
-            job_id, connection=_redis(), serializer=ReadOnlySerializer
-        )
-    except NoSuchJobError:
-        abort(404)
-
-
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with enum members (RQ's states) as their plain values."""
     return {
