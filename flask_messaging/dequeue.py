@@ -27,6 +27,7 @@ from rq.exceptions import DequeueTimeout
 from rq.job import Job
 from rq.utils import as_text
 
+from .errors import InvalidJobError
 from .lua import LuaScript
 
 if TYPE_CHECKING:
@@ -126,10 +127,17 @@ class MessagingQueue(Queue):
                     # Expired or deleted while it waited: nothing to run.
                     connection.lrem(queue.intermediate_queue_key, 1, job_id)
                     continue
-                job = job_cls(job_id, connection=connection, serializer=serializer)
                 try:
-                    # What Job.fetch does with the hash it reads.
+                    # What Job.fetch does with the hash it reads (an id RQ
+                    # refuses raises here, at once).
+                    job = job_cls(job_id, connection=connection, serializer=serializer)
                     job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
+                    if job.origin != queue.name:
+                        raise InvalidJobError(
+                            f"Refused job {job_id}: it was taken from queue"
+                            f" {queue.name!r} but belongs to {job.origin!r}"
+                            " (pushed onto another queue in Redis)."
+                        )
                 except Exception as exc:
                     # As RQ does: say which job could not be read, for the
                     # worker to fail it (see worker._MessagingWorkerMixin).

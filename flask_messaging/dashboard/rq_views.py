@@ -25,6 +25,7 @@ from flask import (
     url_for,
 )
 from markupsafe import escape
+from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -37,13 +38,21 @@ from rq.registry import (
     ScheduledJobRegistry,
     StartedJobRegistry,
 )
+from rq.results import Result
 from rq.version import VERSION as RQ_VERSION
+from rq.worker import BaseWorker
 from rq_dashboard import web
 
-from ..dispatch import MessagingJob
+from ..dispatch import MessagingJob, job_class_for
 from ..extension import get_state
 from ..serializer import JSONSerializer, ReadOnlySerializer
-from ..status import UnreadableJob, fetch_jobs, requeue_failed, requeue_failed_job
+from ..status import (
+    UnreadableJob,
+    fetch_jobs,
+    latest_result,
+    requeue_failed,
+    requeue_failed_job,
+)
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -88,13 +97,16 @@ def rq_endpoints(app: Flask) -> set[str]:
     }
 
 
-def _fetch(job_id: str) -> Job:
-    try:
-        return MessagingJob.fetch(
-            job_id, connection=_redis(), serializer=ReadOnlySerializer
-        )
-    except NoSuchJobError:
+def _job_class() -> type[MessagingJob]:
+    return job_class_for(get_state().settings.max_message_bytes)
+
+
+def _fetch(job_id: str) -> Job | UnreadableJob:
+    """The job, or what can be said of one refused, unreadable or too large."""
+    jobs = fetch_jobs(_redis(), [job_id], _job_class())
+    if not jobs:
         abort(404)
+    return jobs[0]
 
 
 def _escaped(values: dict[str, Any]) -> dict[str, Any]:
@@ -131,10 +143,28 @@ def _job_view(instance_number: int, job_id: str) -> str:
 
 def _job_info(instance_number: int, job_id: str) -> Response:
     job = _fetch(job_id)
-    result = job.latest_result()
-    failed = result is not None and result.type != result.Type.SUCCESSFUL
-    value = None if result is None or failed else result.return_value
-    # job.html inserts every one of these into the page as raw HTML.
+    if isinstance(job, UnreadableJob):
+        # job.html inserts every one of these into the page as raw HTML.
+        return _json(
+            _escaped(
+                {
+                    "id": job.id,
+                    "created_at": None,
+                    "enqueued_at": None,
+                    "started_at": None,
+                    "ended_at": None,
+                    "origin": "",
+                    "status": "failed",
+                    "result": None,
+                    "exc_info": job.error,
+                    "description": job.description,
+                    "metadata": "{}",
+                }
+            )
+        )
+    # The text is read with a bound; dispatch returns nothing worth showing.
+    result = latest_result(_redis(), job.id, _job_class().max_field_bytes)
+    failed = result is not None and result.type != "SUCCESSFUL"
     info = _escaped(
         {
             "id": job.id,
@@ -144,8 +174,8 @@ def _job_info(instance_number: int, job_id: str) -> Response:
             "ended_at": web.serialize_date(job.ended_at),
             "origin": job.origin,
             "status": job.get_status(),
-            "result": None if value is None else json.dumps(value, default=repr),
-            "exc_info": result.exc_string if result is not None else None,
+            "result": None,
+            "exc_info": result.text if result is not None and failed else None,
             "description": job.description,
             "metadata": json.dumps(job.meta, default=repr),
         }
@@ -170,7 +200,7 @@ def _list_jobs(
     connection = _redis()
     queue = Queue(queue_name, connection=connection, serializer=ReadOnlySerializer)
     total, ids = _page_of_ids(queue, registry_name, size, current, order == "dsc")
-    jobs = fetch_jobs(connection, ids)
+    jobs = fetch_jobs(connection, ids, _job_class())
 
     def link(number: int) -> dict[str, Any]:
         return {
@@ -217,7 +247,7 @@ def _page_of_ids(
         registry_class = _REGISTRIES.get(registry_name)
         if registry_class is None:
             abort(404)
-        registry = registry_class(queue=queue, job_class=MessagingJob)
+        registry = registry_class(queue=queue, job_class=_job_class())
     if isinstance(registry, BaseRegistry):
         total = registry.get_job_count(cleanup=False)
     else:
@@ -246,13 +276,14 @@ def _job_row(job: Job | UnreadableJob) -> dict[str, Any]:
             "exc_info": job.error,
             "description": job.description,
         }
-    result = job.latest_result()
+    result = latest_result(job.connection, job.id, _job_class().max_field_bytes)
+    failed = result is not None and result.type != "SUCCESSFUL"
     return {
         "id": str(escape(job.id)),
         "created_at": web.serialize_date(job.created_at),
         "started_at": web.serialize_date(job.started_at),
         "ended_at": web.serialize_date(job.ended_at),
-        "exc_info": result.exc_string if result is not None else None,
+        "exc_info": result.text if result is not None and failed else None,
         "description": job.description,
     }
 
@@ -260,11 +291,18 @@ def _job_row(job: Job | UnreadableJob) -> dict[str, Any]:
 def _list_workers(instance_number: int) -> Response:
     workers = []
     for worker in Worker.all(
-        connection=_redis(), job_class=MessagingJob, serializer=ReadOnlySerializer
+        connection=_redis(), job_class=_job_class(), serializer=ReadOnlySerializer
     ):
-        job = worker.get_current_job()
+        job = _current_job(worker)
         current: Any = "idle"
-        if job is not None:
+        if isinstance(job, UnreadableJob):
+            current = {
+                "job_id": str(escape(job.id)),
+                "description": job.description,  # escaped by workers.html
+                "created_at": None,
+                "call_string": str(escape(job.description)),
+            }
+        elif job is not None:
             # rq-dashboard shows the call string, message payload included.
             current = {
                 "job_id": str(escape(job.id)),
@@ -293,6 +331,14 @@ def _list_workers(instance_number: int) -> Response:
     return _json({"workers": workers})
 
 
+def _current_job(worker: BaseWorker) -> Job | UnreadableJob | None:
+    job_id = worker.get_current_job_id()
+    if job_id is None:
+        return None
+    jobs = fetch_jobs(_redis(), [job_id], _job_class())
+    return jobs[0] if jobs else None
+
+
 def _list_queues(instance_number: int) -> Response:
     queues = web.serialize_queues(
         instance_number, sorted(Queue.all(connection=_redis()))
@@ -309,21 +355,50 @@ def _delete_job_view(job_id: str) -> Response:
 
 
 def _delete(job_id: str, registry: BaseRegistry | None = None) -> bool:
+    connection = _redis()
     try:
-        job = MessagingJob.fetch(job_id, connection=_redis(), serializer=JSONSerializer)
+        job = _job_class().fetch(
+            job_id, connection=connection, serializer=JSONSerializer
+        )
     except NoSuchJobError:
         if registry is not None and not isinstance(registry, StartedJobRegistry):
             registry.remove(job_id)  # an id whose job expired
         return False
+    except RedisError:
+        raise
+    except Exception:
+        return _delete_unreadable(job_id, registry)
     job.delete()
     return True
 
 
+def _delete_unreadable(job_id: str, registry: BaseRegistry | None) -> bool:
+    """Delete a job that is refused, unreadable or too large, unread.
+
+    Only its origin is read (a plain string, at most the field bound): it
+    names the queue and registries that may list the job.
+    """
+    connection = _redis()
+    key = MessagingJob.key_for(job_id)
+    origin: Any = connection.hget(key, "origin")
+    registries = [] if registry is None else [registry]
+    if origin is not None and len(origin) <= _job_class().max_field_bytes:
+        queue = Queue(
+            origin.decode(errors="replace"),
+            connection=connection,
+            serializer=JSONSerializer,
+        )
+        registries += [cls(queue=queue) for cls in _REGISTRIES.values()]
+        connection.lrem(queue.key, 0, job_id)
+    for each in registries:
+        connection.zrem(each.key, job_id)
+    return bool(connection.delete(key, Result.get_key(job_id)))  # type: ignore[no-untyped-call]
+
+
 def _requeue_job_view(job_id: str) -> Response:
-    try:
-        job = MessagingJob.fetch(job_id, connection=_redis(), serializer=JSONSerializer)
-    except NoSuchJobError:
-        return _json({"status": "ERROR"}, 404)
+    job = _fetch(job_id)
+    if isinstance(job, UnreadableJob):
+        return _json({"status": "ERROR"}, 404)  # it would be refused again
     if not requeue_failed_job(get_state(), job.origin, job_id):
         return _json({"status": "ERROR"}, 404)
     return _json({"status": "OK"})

@@ -1,0 +1,181 @@
+"""One job's fault never stops a worker: the job fails, the worker goes on.
+
+RQ's work loop quits ("found an unhandled exception") when anything raises
+while it handles a job outside the job function itself: recording a failure
+whose text is not valid UTF-8, a retry setting it cannot use, a job it
+cannot read during the clean-up of abandoned jobs. A worker of this package
+catches each such error around the step of that one job, moves the job to
+the failed registry with a readable reason, and takes the next job.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError, StopRequested
+from rq.job import JobStatus
+from rq.registry import StartedJobRegistry
+from rq.results import Result
+from rq.utils import as_text, now, utcformat
+from rq.worker import BaseWorker, WorkerStatus
+
+from .serializer import JSONSerializer
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from rq import Queue
+    from rq.job import Job
+
+__all__ = ["JobFaultsMixin", "describe", "fail_job", "readable"]
+
+logger = logging.getLogger("flask_messaging")
+
+# rq 3 passes the execution to clean up; rq 2 keeps it on the worker.
+_CLEANUP_TAKES_EXECUTION = (
+    "execution" in inspect.signature(BaseWorker.cleanup_execution).parameters
+)
+
+
+def readable(text: str) -> str:
+    """``text`` as valid UTF-8: lone surrogates (from a file name that is not
+    UTF-8, say) written as ``\\udce9``, which RQ can store."""
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
+def describe(exc: BaseException) -> str:
+    """One line: the exception's type and its readable message."""
+    text = readable(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def fail_job(
+    connection: Redis,
+    queue: Queue,
+    job_id: str,
+    reason: str,
+    failure_ttl: int,
+    worker_name: str = "",
+) -> None:
+    """Move job ``job_id`` of ``queue`` to its failed registry, with ``reason``.
+
+    Writes only what a person needs to see and delete it: its place in the
+    failed registry, ``status`` failed, and a failure result whose text is
+    ``reason`` (what ``flask messaging status``, the messaging page and the
+    job page show). It leaves the queue's intermediate list and the started
+    registry. Nothing of the job itself is read, so this works on any job.
+    """
+    reason = readable(reason)
+    with connection.pipeline() as pipe:
+        pipe.zadd(queue.failed_job_registry.key, {job_id: time.time() + failure_ttl})
+        pipe.hset(
+            f"{queue.job_class.redis_job_namespace_prefix}{job_id}",
+            mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())},
+        )
+        pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+        started = StartedJobRegistry(queue=queue)
+        # rq 3 keys its entries by job and execution: "<job id>:<execution>".
+        entries: list[Any] = [
+            entry
+            for entry in connection.zrange(started.key, 0, -1)
+            if started.parse_job_id(as_text(entry)) == job_id  # type: ignore[arg-type]
+        ]
+        if entries:
+            pipe.zrem(started.key, *entries)
+        Result(  # type: ignore[no-untyped-call]
+            job_id=job_id,
+            type=Result.Type.FAILED,
+            connection=connection,
+            exc_string=reason,
+            worker_name=worker_name,
+            serializer=JSONSerializer,
+        ).save(ttl=failure_ttl, pipeline=pipe)
+        pipe.execute()
+
+
+class JobFaultsMixin:
+    """Worker steps that fail the one job in hand instead of the worker."""
+
+    def _failure_ttl(self) -> int:
+        raise NotImplementedError
+
+    def handle_job_failure(self, *args: Any, **kwargs: Any) -> Any:
+        # RQ stores the failure text as strict UTF-8; an exception naming a
+        # file that is not UTF-8 would make that raise.
+        if isinstance(kwargs.get("exc_string"), str):
+            kwargs["exc_string"] = readable(kwargs["exc_string"])
+        return super().handle_job_failure(*args, **kwargs)  # type: ignore[misc]
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            super().execute_job(job, queue)  # type: ignore[misc]
+        except (RedisError, StopRequested):
+            raise  # not the job's fault: the worker stops or is replaced
+        except Exception as exc:
+            self._fail_job_in_hand(job, queue, exc)
+
+    def _fail_job_in_hand(self, job: Job, queue: Queue, exc: Exception) -> None:
+        worker: Any = self
+        reason = (
+            f"The worker could not finish handling job {job.id}:"
+            f" {describe(exc)}. It was moved to the failed registry; its"
+            " handler may or may not have run."
+        )
+        logger.error("%s", reason, exc_info=exc)
+        try:
+            with worker.connection.pipeline() as pipe:
+                if _CLEANUP_TAKES_EXECUTION:
+                    worker.cleanup_execution(job, pipe, execution=worker.execution)
+                else:
+                    worker.cleanup_execution(job, pipe)
+                pipe.execute()
+        except RedisError:
+            raise
+        except Exception:
+            logger.warning("Could not clean up job %s's execution.", job.id)
+        fail_job(
+            worker.connection, queue, job.id, reason, self._failure_ttl(), worker.name
+        )
+        worker.set_state(WorkerStatus.IDLE)
+
+    def clean_registries(self) -> None:
+        # RQ's clean-up of abandoned jobs reads each one: a job it cannot
+        # read (or one refused) would raise there, stop the clean-up of the
+        # others, and end the work loop. Such jobs are failed first.
+        worker: Any = self
+        for queue in worker.queues:
+            try:
+                self._fail_unreadable_abandoned(queue)
+            except RedisError:
+                raise
+            except Exception:
+                logger.exception("Could not check abandoned jobs of %s.", queue.name)
+        try:
+            super().clean_registries()  # type: ignore[misc]
+        except RedisError:
+            raise
+        except Exception:
+            logger.exception("The clean-up of RQ's registries failed; it runs again.")
+            worker.last_cleaned_at = now()
+
+    def _fail_unreadable_abandoned(self, queue: Queue) -> None:
+        worker: Any = self
+        registry = StartedJobRegistry(
+            queue=queue, job_class=worker.job_class, serializer=worker.serializer
+        )
+        for job_id in registry.get_expired_job_ids():
+            try:
+                worker.job_class.fetch(
+                    job_id, connection=worker.connection, serializer=worker.serializer
+                )
+            except NoSuchJobError:
+                continue
+            except RedisError:
+                raise
+            except Exception as exc:
+                reason = f"Abandoned job {job_id} cannot be read: {describe(exc)}"
+                logger.error("%s; moved to the failed registry.", reason)
+                fail_job(worker.connection, queue, job_id, reason, self._failure_ttl())
