@@ -142,13 +142,13 @@ class JobFaultsMixin:
         worker.set_state(WorkerStatus.IDLE)
 
     def clean_registries(self) -> None:
-        # RQ's clean-up of abandoned jobs reads each one: a job it cannot
-        # read (or one refused) would raise there, stop the clean-up of the
-        # others, and end the work loop. Such jobs are failed first.
+        # RQ's clean-up of abandoned and stranded jobs reads each one: a job
+        # it cannot read (or one refused) would raise there, stop the clean-up
+        # of the others, and end the work loop. Such jobs are failed first.
         worker: Any = self
         for queue in worker.queues:
             try:
-                self._fail_unreadable_abandoned(queue)
+                self._fail_unreadable_left_behind(queue)
             except RedisError:
                 raise
             except Exception:
@@ -161,12 +161,22 @@ class JobFaultsMixin:
             logger.exception("The clean-up of RQ's registries failed; it runs again.")
             worker.last_cleaned_at = now()
 
-    def _fail_unreadable_abandoned(self, queue: Queue) -> None:
+    def _fail_unreadable_left_behind(self, queue: Queue) -> None:
+        """Fail the jobs RQ's clean-up would read and could not.
+
+        Those are the abandoned jobs of the started registry and the jobs
+        left on the queue's intermediate list.
+        """
         worker: Any = self
         registry = StartedJobRegistry(
             queue=queue, job_class=worker.job_class, serializer=worker.serializer
         )
-        for job_id in registry.get_expired_job_ids():
+        left = registry.get_expired_job_ids()
+        left += [
+            as_text(job_id)
+            for job_id in worker.connection.lrange(queue.intermediate_queue_key, 0, -1)
+        ]
+        for job_id in dict.fromkeys(left):
             try:
                 worker.job_class.fetch(
                     job_id, connection=worker.connection, serializer=worker.serializer

@@ -162,6 +162,29 @@ def test_an_abandoned_job_that_cannot_be_read_does_not_stop_the_clean_up(
     assert redis.zcard(started.key) == 0
 
 
+@pytest.mark.parametrize("entry", ["bad.id", "refused"])
+def test_a_stranded_job_that_cannot_be_read_does_not_stop_the_clean_up(
+    make_app: Callable[..., Flask], real_redis_url: str, entry: str
+) -> None:
+    app = make_app(worker_app.messaging)
+    stranded, good = publish(app, Ping(1), Ping(2))
+    redis = get_state(app).redis
+    redis.lrem(f"rq:queue:{LOW_PRIORITY}", 0, stranded)
+    if entry == "refused":
+        bad = stranded
+        redis.hset(f"rq:job:{bad}", "webhooks", "[]")
+    else:
+        bad = "bad.id"
+        redis.rename(f"rq:job:{stranded}", "rq:job:bad.id")
+    # Left on the intermediate list by a worker that died holding it.
+    redis.rpush(f"rq:queue:{LOW_PRIORITY}:intermediate", bad)
+    drain(app)
+    assert [entry["value"] for entry in handled(redis)] == [2]
+    assert failed(redis) == [bad]
+    assert "cannot be read" in reason(redis, bad)
+    assert redis.llen(f"rq:queue:{LOW_PRIORITY}:intermediate") == 0
+
+
 @pytest.mark.parametrize("fault", ["odd-name", "bad-id", "retry-intervals"])
 def test_the_memory_worker_thread_outlives_a_bad_job(
     make_app: Callable[..., Flask], fault: str
