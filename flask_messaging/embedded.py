@@ -121,20 +121,22 @@ class EmbeddedWorker:
     def _schedule(self) -> None:
         # RQ's scheduler runs in a forked process, which cannot share an
         # in-process Redis: move due retries onto their queues from here.
-        from rq.scheduler import RQScheduler
-
+        from .dispatch import job_class_for
+        from .job_faults import CheckedScheduler
         from .serializer import JSONSerializer
 
         state = self._state
-        scheduler = RQScheduler(
+        scheduler = CheckedScheduler(
             list(state.queue_names()), connection=state.redis, serializer=JSONSerializer
         )
+        scheduler.job_class = job_class_for(state.settings.max_message_bytes)
+        scheduler.failure_ttl = state.settings.jobs.failure_ttl
         relay = None
         last_full_pass = time.monotonic()
         while not self._stop.wait(self.poll_interval):
             try:
                 scheduler.acquire_locks()  # type: ignore[no-untyped-call]
-                scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+                scheduler.enqueue_scheduled_jobs()
                 if state.writes_outbox:
                     # Be the outbox's relay too: nothing else shares this Redis.
                     with state.app.app_context():

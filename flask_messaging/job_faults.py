@@ -5,7 +5,9 @@ while it handles a job outside the job function itself: recording a failure
 whose text is not valid UTF-8, a retry setting it cannot use, a job it
 cannot read during the clean-up of abandoned jobs. A worker of this package
 catches each such error around the step of that one job, moves the job to
-the failed registry with a readable reason, and takes the next job.
+the failed registry with a readable reason, and takes the next job. Jobs
+left behind (abandoned, stranded, or due in a scheduled registry) that
+cannot be read are failed before RQ's clean-up or scheduler reads them.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
 from rq.results import Result
-from rq.utils import as_text, now, utcformat
+from rq.scheduler import RQScheduler
+from rq.utils import as_text, current_timestamp, now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
 from .serializer import JSONSerializer
@@ -30,7 +35,14 @@ if TYPE_CHECKING:
     from rq import Queue
     from rq.job import Job
 
-__all__ = ["JobFaultsMixin", "describe", "fail_job", "readable"]
+__all__ = [
+    "CheckedScheduler",
+    "JobFaultsMixin",
+    "describe",
+    "fail_job",
+    "fail_unreadable",
+    "readable",
+]
 
 logger = logging.getLogger("flask_messaging")
 
@@ -176,16 +188,97 @@ class JobFaultsMixin:
             as_text(job_id)
             for job_id in worker.connection.lrange(queue.intermediate_queue_key, 0, -1)
         ]
-        for job_id in dict.fromkeys(left):
-            try:
-                worker.job_class.fetch(
-                    job_id, connection=worker.connection, serializer=worker.serializer
-                )
-            except NoSuchJobError:
+        fail_unreadable(queue, left, worker.job_class, self._failure_ttl())
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        # RQ's own (rq 2.12 and 3.0 alike), with a scheduler that fails the
+        # due jobs it cannot read instead of reading them whole.
+        worker: Any = self
+        scheduler: Any = CheckedScheduler(
+            worker.queues,
+            connection=worker.connection,
+            logging_level=logging_level
+            if logging_level is not None
+            else worker.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=worker.serializer,
+        )
+        scheduler.job_class = worker.job_class
+        scheduler.failure_ttl = self._failure_ttl()
+        worker.scheduler = scheduler
+        scheduler.acquire_locks()
+        if scheduler.acquired_locks:
+            if burst:
+                try:
+                    scheduler.register_birth()
+                    scheduler.enqueue_scheduled_jobs()
+                finally:
+                    scheduler.release_locks()
+                    scheduler.register_death()
+            else:
+                scheduler.start()
+
+
+def fail_unreadable(
+    queue: Queue, job_ids: Iterable[str], job_class: type[Job], failure_ttl: int
+) -> list[str]:
+    """Fail each job of ``job_ids`` that ``job_class`` refuses or cannot read.
+
+    :return: the ids failed.
+    """
+    connection = queue.connection
+    failed = []
+    for job_id in dict.fromkeys(job_ids):
+        try:
+            job_class.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            continue
+        except RedisError:
+            raise
+        except Exception as exc:
+            reason = f"Job {job_id}, left behind, cannot be read: {describe(exc)}"
+            logger.error("%s; moved to the failed registry.", reason)
+            fail_job(connection, queue, job_id, reason, failure_ttl)
+            failed.append(job_id)
+    return failed
+
+
+class CheckedScheduler(RQScheduler):
+    """RQ's scheduler, failing due jobs it cannot read before RQ reads them.
+
+    RQ's reads every due job whole with its own ``Job`` class: a job refused
+    or too large would be inflated, or raise and stop the scheduler.
+    """
+
+    job_class: type[Job]
+    failure_ttl: int
+
+    def enqueue_scheduled_jobs(self) -> None:
+        scheduler: Any = self
+        if not scheduler._scheduled_job_registries and scheduler._acquired_locks:
+            scheduler.prepare_registries()
+        for registry in scheduler._scheduled_job_registries:
+            due = registry.get_jobs_to_schedule(current_timestamp())
+            if not due:
                 continue
-            except RedisError:
-                raise
-            except Exception as exc:
-                reason = f"Abandoned job {job_id} cannot be read: {describe(exc)}"
-                logger.error("%s; moved to the failed registry.", reason)
-                fail_job(worker.connection, queue, job_id, reason, self._failure_ttl())
+            queue = scheduler._queue_for(registry.name)
+            for job_id in fail_unreadable(queue, due, self.job_class, self.failure_ttl):
+                registry.remove(job_id)
+        super().enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+
+    def _queue_for(self, name: str) -> Queue:
+        from rq import Queue
+
+        return Queue(
+            name,
+            connection=self.connection,
+            serializer=JSONSerializer,
+            job_class=self.job_class,
+        )

@@ -144,3 +144,34 @@ def test_bombs_in_jobs_are_refused_and_shown_as_too_large_in_bounded_memory(
     print({name: f"{peak / 2**20:.0f} MiB" for name, peak in peaks.items()})
     for name, peak in peaks.items():
         assert peak < PEAK_RSS_BOUND, name
+
+
+def test_a_bomb_due_in_a_scheduled_registry_is_refused_in_bounded_memory(
+    make_app: Callable[..., Flask], real_redis_url: str, bomb: bytes
+) -> None:
+    app = make_app(worker_app.messaging)
+    redis = get_state(app).redis
+    scheduled = publish(app, 1, 2)
+    bad = scheduled[0]
+    redis.hset(f"rq:job:{bad}", "data", bomb)
+    # Both due now, as a retry with an interval would be: RQ's scheduler
+    # (run by a burst worker in its own process) moves them onto the queue.
+    for job_id in scheduled:
+        redis.lrem(f"rq:queue:{LOW_PRIORITY}", 0, job_id)
+        redis.hset(f"rq:job:{job_id}", "status", "scheduled")
+    redis.zadd(f"rq:scheduled:{LOW_PRIORITY}", dict.fromkeys(scheduled, 1))
+    worker = flask_messaging_command(
+        "tests.worker_app",
+        *("worker", "--burst", "--logging-level", "ERROR"),
+        env={"MESSAGING_REDIS_URL": real_redis_url},
+        stderr=subprocess.DEVNULL,
+    )
+    peak = peak_rss(worker)
+    assert worker.returncode == 0
+    assert [entry["value"] for entry in handled(redis)] == [2]
+    assert failed(redis) == [bad]
+    result = latest_result(redis, bad, 1024 * 1024)
+    assert result is not None and "JobTooLargeError" in result.text
+    assert redis.zcard(f"rq:scheduled:{LOW_PRIORITY}") == 0
+    print(f"worker with its scheduler: {peak / 2**20:.0f} MiB")
+    assert peak < PEAK_RSS_BOUND

@@ -185,6 +185,25 @@ def test_a_stranded_job_that_cannot_be_read_does_not_stop_the_clean_up(
     assert redis.llen(f"rq:queue:{LOW_PRIORITY}:intermediate") == 0
 
 
+def test_a_due_scheduled_job_that_cannot_be_read_does_not_stop_the_scheduler(
+    make_app: Callable[..., Flask], real_redis_url: str
+) -> None:
+    app = make_app(worker_app.messaging)
+    bad, good = publish(app, Ping(1), Ping(2))
+    redis = get_state(app).redis
+    redis.hset(f"rq:job:{bad}", "created_at", "yesterday")
+    for job_id in (bad, good):
+        redis.lrem(f"rq:queue:{LOW_PRIORITY}", 0, job_id)
+        redis.hset(f"rq:job:{job_id}", "status", "scheduled")
+    redis.zadd(f"rq:scheduled:{LOW_PRIORITY}", {bad: 1, good: 1})
+    # A burst worker runs RQ's scheduler once, in its own process, first.
+    make_worker(app).work(burst=True, with_scheduler=True, logging_level="CRITICAL")
+    assert [entry["value"] for entry in handled(redis)] == [2]
+    assert failed(redis) == [bad]
+    assert "cannot be read" in reason(redis, bad)
+    assert redis.zcard(f"rq:scheduled:{LOW_PRIORITY}") == 0
+
+
 @pytest.mark.parametrize("fault", ["odd-name", "bad-id", "retry-intervals"])
 def test_the_memory_worker_thread_outlives_a_bad_job(
     make_app: Callable[..., Flask], fault: str
