@@ -52,15 +52,19 @@ def wake_key(queue_name: str) -> str:
 # KEYS: per queue, in priority order: the queue, its intermediate list, its
 # wake list. ARGV: the job key prefix. Takes the first waiting id and one
 # token of its queue, and returns the job's hash with it (a round trip fewer
-# per job); when every queue is empty, drops their tokens (no job is left to
-# wake for).
+# per job), or Redis's error when the job's key is not a hash; when every
+# queue is empty, drops their tokens (no job is left to wake for).
 _TAKE = LuaScript("""
 for i = 1, #KEYS, 3 do
   local job_id = redis.call('LPOP', KEYS[i])
   if job_id then
     redis.call('RPUSH', KEYS[i + 1], job_id)
     redis.call('LPOP', KEYS[i + 2])
-    return {KEYS[i], job_id, redis.call('HGETALL', ARGV[1] .. job_id)}
+    local fields = redis.pcall('HGETALL', ARGV[1] .. job_id)
+    if fields.err then
+      return {KEYS[i], job_id, {}, fields.err}
+    end
+    return {KEYS[i], job_id, fields}
   end
 end
 for i = 3, #KEYS, 3 do
@@ -123,6 +127,14 @@ class MessagingQueue(Queue):
                     death_penalty_class=death_penalty_class,
                 )
                 fields = taken[2]
+                if len(taken) > 3:
+                    exc = InvalidJobError(
+                        f"Refused job {job_id}: its key is not a job hash"
+                        f" ({as_text(taken[3])})."
+                    )
+                    exc.job_id = job_id  # type: ignore[attr-defined]
+                    exc.queue = queue  # type: ignore[attr-defined]
+                    raise exc
                 if not fields:
                     # Expired or deleted while it waited: nothing to run.
                     connection.lrem(queue.intermediate_queue_key, 1, job_id)

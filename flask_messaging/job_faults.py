@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
+from redis import exceptions as redis_errors
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import JobStatus
@@ -45,6 +45,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger("flask_messaging")
+
+#: Errors that mean Redis cannot be reached: the worker's, not a job's. Any
+#: other error while handling a job (a reply refusing a value the job holds,
+#: say) is that job's fault.
+LOST_REDIS = (redis_errors.ConnectionError, redis_errors.TimeoutError)
 
 # rq 3 passes the execution to clean up; rq 2 keeps it on the worker.
 _CLEANUP_TAKES_EXECUTION = (
@@ -105,7 +110,11 @@ def fail_job(
             worker_name=worker_name,
             serializer=JSONSerializer,
         ).save(ttl=failure_ttl, pipeline=pipe)
-        pipe.execute()
+        # A key of another type (written by someone else) fails its own
+        # command only: the rest is still written.
+        for reply in pipe.execute(raise_on_error=False):
+            if isinstance(reply, Exception):
+                logger.warning("Failing job %s: %s", job_id, describe(reply))
 
 
 class JobFaultsMixin:
@@ -124,7 +133,7 @@ class JobFaultsMixin:
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
             super().execute_job(job, queue)  # type: ignore[misc]
-        except (RedisError, StopRequested):
+        except (*LOST_REDIS, StopRequested):
             raise  # not the job's fault: the worker stops or is replaced
         except Exception as exc:
             self._fail_job_in_hand(job, queue, exc)
@@ -144,7 +153,7 @@ class JobFaultsMixin:
                 else:
                     worker.cleanup_execution(job, pipe)
                 pipe.execute()
-        except RedisError:
+        except LOST_REDIS:
             raise
         except Exception:
             logger.warning("Could not clean up job %s's execution.", job.id)
@@ -161,13 +170,13 @@ class JobFaultsMixin:
         for queue in worker.queues:
             try:
                 self._fail_unreadable_left_behind(queue)
-            except RedisError:
+            except LOST_REDIS:
                 raise
             except Exception:
                 logger.exception("Could not check abandoned jobs of %s.", queue.name)
         try:
             super().clean_registries()  # type: ignore[misc]
-        except RedisError:
+        except LOST_REDIS:
             raise
         except Exception:
             logger.exception("The clean-up of RQ's registries failed; it runs again.")
@@ -240,9 +249,9 @@ def fail_unreadable(
             job_class.fetch(job_id, connection=connection, serializer=JSONSerializer)
         except NoSuchJobError:
             continue
-        except RedisError:
+        except LOST_REDIS:
             raise
-        except Exception as exc:
+        except Exception as exc:  # a key of another type too (ResponseError)
             reason = f"Job {job_id}, left behind, cannot be read: {describe(exc)}"
             logger.error("%s; moved to the failed registry.", reason)
             fail_job(connection, queue, job_id, reason, failure_ttl)

@@ -96,8 +96,10 @@ def _intervals(value: bytes) -> bool:
         intervals = json.loads(value)
     except ValueError:
         return False
-    return isinstance(intervals, list) and all(
-        type(i) is int and 0 <= i <= 10**9 for i in intervals
+    return (
+        isinstance(intervals, list)
+        and bool(intervals)
+        and all(type(i) is int and 0 <= i <= 10**9 for i in intervals)
     )
 
 
@@ -120,8 +122,8 @@ ALLOWED_FIELDS: Mapping[str, Callable[[bytes], bool] | None] = {
     "status": _STATUSES.__contains__,
     "timeout": _count(1),
     "result_ttl": _count(-1),
-    "failure_ttl": _count(-1),
-    "ttl": _count(-1),
+    "failure_ttl": _count(1),
+    "ttl": _count(1),
     "retries_left": _count(0),
     "retry_intervals": _intervals,
     "success_callback_name": _empty,

@@ -110,6 +110,35 @@ def test_retry_intervals_rq_cannot_use_on_a_failing_job(
     assert "field 'retry_intervals'" in reason(redis, bad)
 
 
+def test_a_value_redis_refuses_as_rq_starts_the_job(
+    make_app: Callable[..., Flask], real_redis_url: str
+) -> None:
+    app = make_app(worker_app.messaging)
+    bad, _ = publish(app, Ping(1), Ping(2))
+    redis = get_state(app).redis
+    # A whole number of seconds, as ours are, too large for Redis's EXPIRE
+    # (RQ sets the job's heartbeat from it, outside the handler's run).
+    redis.hset(f"rq:job:{bad}", "timeout", 10**30)
+    drain(app)
+    assert [entry["value"] for entry in handled(redis)] == [2]
+    assert failed(redis) == [bad]
+    assert "The worker could not finish handling" in reason(redis, bad)
+
+
+def test_a_job_key_of_another_type_on_a_queue(
+    make_app: Callable[..., Flask], real_redis_url: str
+) -> None:
+    app = make_app(worker_app.messaging)
+    bad, _ = publish(app, Ping(1), Ping(2))
+    redis = get_state(app).redis
+    redis.delete(f"rq:job:{bad}")
+    redis.set(f"rq:job:{bad}", "not a hash")
+    drain(app)
+    assert [entry["value"] for entry in handled(redis)] == [2]
+    assert failed(redis) == [bad]
+    assert "not a job hash" in reason(redis, bad)
+
+
 @pytest.mark.parametrize("with_hash", [True, False], ids=["hash", "no-hash"])
 def test_a_job_id_rq_refuses_on_a_queue(
     make_app: Callable[..., Flask], real_redis_url: str, with_hash: bool
