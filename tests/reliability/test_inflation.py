@@ -175,3 +175,24 @@ def test_a_bomb_due_in_a_scheduled_registry_is_refused_in_bounded_memory(
     assert redis.zcard(f"rq:scheduled:{LOW_PRIORITY}") == 0
     print(f"worker with its scheduler: {peak / 2**20:.0f} MiB")
     assert peak < PEAK_RSS_BOUND
+
+
+@pytest.mark.parametrize("fault", ["bomb", "webhooks"])
+def test_the_dashboard_deletes_a_refused_job_without_reading_it(
+    make_app: Callable[..., Flask], real_redis_url: str, bomb: bytes, fault: str
+) -> None:
+    auth = ("admin", "correct horse")
+    app = make_app(worker_app.messaging, MESSAGING_DASHBOARD_AUTH=auth)
+    redis = get_state(app).redis
+    bad, good = publish(app, 1, 2)
+    if fault == "bomb":
+        redis.hset(f"rq:job:{bad}", "data", bomb)
+    else:
+        redis.hset(f"rq:job:{bad}", "webhooks", "[]")
+    token = base64.b64encode(":".join(auth).encode()).decode()
+    headers = {"Authorization": f"Basic {token}", "Origin": "http://localhost"}
+    client = app.test_client()
+    response = client.post(f"/rq/job/{bad}/delete", headers=headers)
+    assert response.json == {"status": "OK"}
+    assert not redis.exists(f"rq:job:{bad}")
+    assert redis.lrange(f"rq:queue:{LOW_PRIORITY}", 0, -1) == [good.encode()]
