@@ -82,13 +82,13 @@ def _text(value: bytes) -> bool:
 
 
 def _count(minimum: int) -> Callable[[bytes], bool]:
+    """A check for a whole number, in decimal digits, of at least ``minimum``."""
+
     def check(value: bytes) -> bool:
-        return value.isdigit() or (value.startswith(b"-") and value[1:].isdigit())
+        digits = value[1:] if value.startswith(b"-") else value
+        return digits.isdigit() and int(value) >= minimum
 
-    def counts(value: bytes) -> bool:
-        return check(value) and int(value) >= minimum
-
-    return counts
+    return check
 
 
 def _intervals(value: bytes) -> bool:
