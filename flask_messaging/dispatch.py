@@ -122,6 +122,11 @@ class MessagingJob(Job):
     #: :func:`job_class_for`.
     max_field_bytes = field_limit(1024 * 1024)
 
+    #: False for the displays' reads: ``data`` and ``exc_info`` are checked,
+    #: then dropped, so that a page of jobs holds none of their payloads.
+    #: Such a job is never saved.
+    keeps_payload = True
+
     def restore(self, raw_data: Any) -> Any:
         """Read a job hash, refusing one that is not ours or too large.
 
@@ -131,7 +136,19 @@ class MessagingJob(Job):
         """
         if not raw_data or (b"data" not in raw_data and "data" not in raw_data):
             return super().restore(raw_data)  # RQ says: no such job
-        return super().restore(check_job_hash(self.id, raw_data, self.max_field_bytes))
+        checked = check_job_hash(self.id, raw_data, self.max_field_bytes)
+        if not self.keeps_payload:
+            checked["data"] = _PAYLOAD_NOT_KEPT
+            checked.pop("exc_info", None)
+        return super().restore(checked)
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.keeps_payload:
+            raise RuntimeError(
+                f"Job {self.id} was read for display, without its payload:"
+                " it cannot be saved."
+            )
+        super().save(*args, **kwargs)
 
     @property
     def func(self) -> Any:
@@ -180,14 +197,27 @@ class MessagingJob(Job):
             _running.reset(token)
 
 
+#: What a job read for display holds instead of its call.
+_PAYLOAD_NOT_KEPT = b'["(not kept)", null, [], {}]'
+
+
 @functools.cache
-def job_class_for(max_message_bytes: int | None) -> type[MessagingJob]:
+def job_class_for(
+    max_message_bytes: int | None, *, for_display: bool = False
+) -> type[MessagingJob]:
     """:class:`MessagingJob` bounded for ``MESSAGING_MAX_MESSAGE_BYTES``.
 
-    Workers, ``flask messaging status`` and the dashboard read jobs with it.
+    Workers, and whatever writes jobs back (a requeue), read jobs with it;
+    ``flask messaging status`` and the dashboard read them with
+    ``for_display=True``, which keeps no payload (see
+    :attr:`MessagingJob.keeps_payload`).
     """
     return type(
         "MessagingJob",
         (MessagingJob,),
-        {"max_field_bytes": field_limit(max_message_bytes), "__module__": __name__},
+        {
+            "max_field_bytes": field_limit(max_message_bytes),
+            "keeps_payload": not for_display,
+            "__module__": __name__,
+        },
     )

@@ -257,7 +257,7 @@ def recent_failures(state: MessagingState, limit: int = 50) -> list[Failure]:
         )
         # Scored by expiry: failure time plus the same TTL for every job.
         ids = registry.get_job_ids(0, limit - 1, desc=True, cleanup=False)
-        job_class = job_class_for(state.settings.max_message_bytes)
+        job_class = job_class_for(state.settings.max_message_bytes, for_display=True)
         for job in fetch_jobs(state.redis, ids, job_class):
             if isinstance(job, UnreadableJob):
                 failures.append(

@@ -97,8 +97,13 @@ def rq_endpoints(app: Flask) -> set[str]:
     }
 
 
+#: The most jobs a page of the job list reads (rq-dashboard offers 5 to 100).
+MAX_PAGE_SIZE = 100
+
+
 def _job_class() -> type[MessagingJob]:
-    return job_class_for(get_state().settings.max_message_bytes)
+    """The app's job class for reading: bounded, keeping no payload."""
+    return job_class_for(get_state().settings.max_message_bytes, for_display=True)
 
 
 def _fetch(job_id: str) -> Job | UnreadableJob:
@@ -195,7 +200,7 @@ def _list_jobs(
         size, current = int(per_page), int(page)
     except ValueError:
         abort(404)
-    if size < 1 or current < 1:
+    if not 1 <= size <= MAX_PAGE_SIZE or current < 1:
         abort(404)
     connection = _redis()
     queue = Queue(queue_name, connection=connection, serializer=ReadOnlySerializer)

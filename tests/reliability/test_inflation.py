@@ -24,6 +24,8 @@ from rq.registry import FailedJobRegistry
 
 from flask_messaging import get_message_broker
 from flask_messaging.extension import get_state
+from flask_messaging.job_hash import field_limit
+from flask_messaging.jobs import DISPATCH_FUNCTION
 from flask_messaging.queue_names import LOW_PRIORITY
 from flask_messaging.serializer import JSONSerializer
 from flask_messaging.status import TooLargeJob, latest_result
@@ -196,3 +198,45 @@ def test_the_dashboard_deletes_a_refused_job_without_reading_it(
     assert response.json == {"status": "OK"}
     assert not redis.exists(f"rq:job:{bad}")
     assert redis.lrange(f"rq:queue:{LOW_PRIORITY}", 0, -1) == [good.encode()]
+
+
+def test_a_page_of_jobs_each_just_under_the_bound_is_read_in_bounded_memory(
+    make_app: Callable[..., Flask], real_redis_url: str
+) -> None:
+    app = make_app(worker_app.messaging)
+    redis = get_state(app).redis
+    ids = publish(app, *range(100))
+    # Data that passes every check, and a failure text, each inflating to
+    # just under the bound: one is allowed, a page of them must not be held.
+    limit = field_limit(1024 * 1024)
+    call = json.dumps([DISPATCH_FUNCTION, None, ["k", "e", "s"], {}]).encode()
+    padded = call[:1] + b" " * (limit - len(call) - 100) + call[1:]
+    data = zlib.compress(padded, 9)
+    exc_info = zlib.compress(b"x" * (limit - 100), 9)
+    with redis.pipeline() as pipe:
+        for job_id in ids:
+            pipe.hset(f"rq:job:{job_id}", mapping={"data": data, "exc_info": exc_info})
+            pipe.hset(f"rq:job:{job_id}", "status", "failed")
+            pipe.zadd(f"rq:failed:{LOW_PRIORITY}", {job_id: 2**40})
+        pipe.delete(f"rq:queue:{LOW_PRIORITY}")
+        pipe.execute()
+    pages = [
+        "/rq/messaging/",
+        f"/rq/0/data/jobs/{LOW_PRIORITY}/failed/100/asc/1.json",
+        f"/rq/0/data/jobs/{LOW_PRIORITY}/failed/1000/asc/1.json",
+    ]
+    display = subprocess.Popen(
+        [sys.executable, "-m", "tests.reliability.display", real_redis_url, *pages],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert display.stdout is not None
+    statuses = [json.loads(line)["status"] for line in display.stdout]
+    peak = peak_rss(display)
+    assert display.returncode == 0
+    # More than a page of 100 is not read at all.
+    assert statuses == [200, 200, 404]
+    print(f"pages of 50 and 100 jobs just under the bound: {peak / 2**20:.0f} MiB")
+    assert peak < PEAK_RSS_BOUND
