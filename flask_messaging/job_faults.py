@@ -28,6 +28,7 @@ from rq.scheduler import RQScheduler
 from rq.utils import as_text, current_timestamp, now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
+from .dequeue import MessagingQueue
 from .serializer import JSONSerializer
 
 if TYPE_CHECKING:
@@ -260,10 +261,14 @@ def fail_unreadable(
 
 
 class CheckedScheduler(RQScheduler):
-    """RQ's scheduler, failing due jobs it cannot read before RQ reads them.
+    """RQ's scheduler, moving due jobs one at a time, each read with a bound.
 
-    RQ's reads every due job whole with its own ``Job`` class: a job refused
-    or too large would be inflated, or raise and stop the scheduler.
+    RQ's reads every due job at once, whole, with its own ``Job`` class: a
+    job refused or too large would be inflated, or raise and stop the
+    scheduler, and a thousand jobs each just under the bound would all be
+    held at once. This one reads each due job with the app's job class,
+    fails one it cannot read, and moves the others onto their queue one by
+    one, waking an idle worker (:class:`~flask_messaging.dequeue.MessagingQueue`).
     """
 
     job_class: type[Job]
@@ -274,20 +279,36 @@ class CheckedScheduler(RQScheduler):
         if not scheduler._scheduled_job_registries and scheduler._acquired_locks:
             scheduler.prepare_registries()
         for registry in scheduler._scheduled_job_registries:
-            due = registry.get_jobs_to_schedule(current_timestamp())
-            if not due:
-                continue
-            queue = scheduler._queue_for(registry.name)
-            for job_id in fail_unreadable(queue, due, self.job_class, self.failure_ttl):
-                registry.remove(job_id)
+            queue = MessagingQueue(
+                registry.name,
+                connection=self.connection,
+                serializer=JSONSerializer,
+                job_class=self.job_class,
+            )
+            for job_id in registry.get_jobs_to_schedule(current_timestamp()):
+                self._move(queue, registry, job_id)
+        # Whatever is left (none of ours), as RQ does it.
         super().enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
 
-    def _queue_for(self, name: str) -> Queue:
-        from rq import Queue
-
-        return Queue(
-            name,
-            connection=self.connection,
-            serializer=JSONSerializer,
-            job_class=self.job_class,
-        )
+    def _move(self, queue: Queue, registry: Any, job_id: str) -> None:
+        try:
+            job = self.job_class.fetch(
+                job_id, connection=self.connection, serializer=JSONSerializer
+            )
+        except NoSuchJobError:
+            registry.remove(job_id)
+            return
+        except LOST_REDIS:
+            raise
+        except Exception as exc:
+            reason = f"Scheduled job {job_id} cannot be read: {describe(exc)}"
+            logger.error("%s; moved to the failed registry.", reason)
+            fail_job(self.connection, queue, job_id, reason, self.failure_ttl)
+            registry.remove(job_id)
+            return
+        with self.connection.pipeline() as pipe:
+            queue._enqueue_job(
+                job, pipeline=pipe, at_front=job.should_enqueue_at_front()
+            )
+            registry.remove(job.id, pipeline=pipe)
+            pipe.execute()

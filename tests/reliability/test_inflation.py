@@ -240,3 +240,34 @@ def test_a_page_of_jobs_each_just_under_the_bound_is_read_in_bounded_memory(
     assert statuses == [200, 200, 404]
     print(f"pages of 50 and 100 jobs just under the bound: {peak / 2**20:.0f} MiB")
     assert peak < PEAK_RSS_BOUND
+
+
+def test_many_due_jobs_just_under_the_bound_are_moved_in_bounded_memory(
+    make_app: Callable[..., Flask], real_redis_url: str
+) -> None:
+    app = make_app(worker_app.messaging)
+    redis = get_state(app).redis
+    ids = publish(app, *range(200))
+    limit = field_limit(1024 * 1024)
+    with redis.pipeline() as pipe:
+        for job_id in ids:
+            # The job's own signed call, padded with JSON whitespace to just
+            # under the bound: each one is allowed, and runs.
+            call = zlib.decompress(redis.hget(f"rq:job:{job_id}", "data"))
+            padded = call[:1] + b" " * (limit - len(call) - 100) + call[1:]
+            pipe.hset(f"rq:job:{job_id}", mapping={"data": zlib.compress(padded, 9)})
+            pipe.hset(f"rq:job:{job_id}", "status", "scheduled")
+            pipe.zadd(f"rq:scheduled:{LOW_PRIORITY}", {job_id: 1})
+        pipe.delete(f"rq:queue:{LOW_PRIORITY}")
+        pipe.execute()
+    worker = flask_messaging_command(
+        "tests.worker_app",
+        *("worker", "--burst", "--logging-level", "ERROR"),
+        env={"MESSAGING_REDIS_URL": real_redis_url},
+        stderr=subprocess.DEVNULL,
+    )
+    peak = peak_rss(worker)
+    assert worker.returncode == 0
+    assert sorted(entry["value"] for entry in handled(redis)) == list(range(200))
+    print(f"worker moving 200 due jobs just under the bound: {peak / 2**20:.0f} MiB")
+    assert peak < PEAK_RSS_BOUND
