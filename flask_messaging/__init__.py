@@ -11,6 +11,7 @@ from .envelope import Envelope, current_envelope
 from .errors import (
     DeliveryError,
     InvalidJobError,
+    JobTooLargeError,
     MessageDecodeError,
     MessageEncodeError,
     MessagingError,
@@ -25,6 +26,7 @@ __all__ = [
     "DeliveryError",
     "Envelope",
     "InvalidJobError",
+    "JobTooLargeError",
     "MemoryBroker",
     "Message",
     "MessageDecodeError",

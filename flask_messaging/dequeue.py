@@ -27,6 +27,7 @@ from rq.exceptions import DequeueTimeout
 from rq.job import Job
 from rq.utils import as_text
 
+from .errors import InvalidJobError
 from .lua import LuaScript
 
 if TYPE_CHECKING:
@@ -51,15 +52,19 @@ def wake_key(queue_name: str) -> str:
 # KEYS: per queue, in priority order: the queue, its intermediate list, its
 # wake list. ARGV: the job key prefix. Takes the first waiting id and one
 # token of its queue, and returns the job's hash with it (a round trip fewer
-# per job); when every queue is empty, drops their tokens (no job is left to
-# wake for).
+# per job), or Redis's error when the job's key is not a hash; when every
+# queue is empty, drops their tokens (no job is left to wake for).
 _TAKE = LuaScript("""
 for i = 1, #KEYS, 3 do
   local job_id = redis.call('LPOP', KEYS[i])
   if job_id then
     redis.call('RPUSH', KEYS[i + 1], job_id)
     redis.call('LPOP', KEYS[i + 2])
-    return {KEYS[i], job_id, redis.call('HGETALL', ARGV[1] .. job_id)}
+    local fields = redis.pcall('HGETALL', ARGV[1] .. job_id)
+    if fields.err then
+      return {KEYS[i], job_id, {}, fields.err}
+    end
+    return {KEYS[i], job_id, fields}
   end
 end
 for i = 3, #KEYS, 3 do
@@ -122,14 +127,29 @@ class MessagingQueue(Queue):
                     death_penalty_class=death_penalty_class,
                 )
                 fields = taken[2]
+                if len(taken) > 3:
+                    exc = InvalidJobError(
+                        f"Refused job {job_id}: its key is not a job hash"
+                        f" ({as_text(taken[3])})."
+                    )
+                    exc.job_id = job_id  # type: ignore[attr-defined]
+                    exc.queue = queue  # type: ignore[attr-defined]
+                    raise exc
                 if not fields:
                     # Expired or deleted while it waited: nothing to run.
                     connection.lrem(queue.intermediate_queue_key, 1, job_id)
                     continue
-                job = job_cls(job_id, connection=connection, serializer=serializer)
                 try:
-                    # What Job.fetch does with the hash it reads.
+                    # What Job.fetch does with the hash it reads (an id RQ
+                    # refuses raises here, at once).
+                    job = job_cls(job_id, connection=connection, serializer=serializer)
                     job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
+                    if job.origin != queue.name:
+                        raise InvalidJobError(
+                            f"Refused job {job_id}: it was taken from queue"
+                            f" {queue.name!r} but belongs to {job.origin!r}"
+                            " (pushed onto another queue in Redis)."
+                        )
                 except Exception as exc:
                     # As RQ does: say which job could not be read, for the
                     # worker to fail it (see worker._MessagingWorkerMixin).

@@ -19,7 +19,7 @@ from rq.timeouts import TimerDeathPenalty
 
 from .jobs import Delivery, RQJobs
 from .outbox import Relay
-from .worker import MessagingWorker, make_worker
+from .worker import MessagingWorker, RestartPause, make_worker
 
 if TYPE_CHECKING:
     from .extension import MessagingState
@@ -79,10 +79,7 @@ class EmbeddedWorker:
         self.worker = make_worker(self._state.app, worker_class=ThreadWorker)
         self._threads = [
             threading.Thread(
-                target=self.worker.work,
-                kwargs={"logging_level": "WARNING"},
-                name="flask-messaging-worker",
-                daemon=True,
+                target=self._serve, name="flask-messaging-worker", daemon=True
             ),
             threading.Thread(
                 target=self._schedule, name="flask-messaging-scheduler", daemon=True
@@ -99,23 +96,47 @@ class EmbeddedWorker:
         for thread in self._threads:
             thread.join(timeout)
 
+    def _serve(self) -> None:
+        # This thread is the app's only worker: if RQ's work loop quits
+        # unasked, a new worker takes over, as 'flask messaging worker' does.
+        pauses = RestartPause()
+        while True:
+            started = time.monotonic()
+            try:
+                assert self.worker is not None
+                self.worker.work(logging_level="WARNING")
+            except Exception:
+                logger.exception("The embedded worker failed.")
+            if self._stop.is_set():
+                return
+            pause = pauses.after_run(time.monotonic() - started)
+            logger.warning(
+                "The embedded worker stopped unasked; a new one starts in %.0f s.",
+                pause,
+            )
+            if self._stop.wait(pause):
+                return
+            self.worker = make_worker(self._state.app, worker_class=ThreadWorker)
+
     def _schedule(self) -> None:
         # RQ's scheduler runs in a forked process, which cannot share an
         # in-process Redis: move due retries onto their queues from here.
-        from rq.scheduler import RQScheduler
-
+        from .dispatch import job_class_for
+        from .job_faults import CheckedScheduler
         from .serializer import JSONSerializer
 
         state = self._state
-        scheduler = RQScheduler(
+        scheduler = CheckedScheduler(
             list(state.queue_names()), connection=state.redis, serializer=JSONSerializer
         )
+        scheduler.job_class = job_class_for(state.settings.max_message_bytes)
+        scheduler.failure_ttl = state.settings.jobs.failure_ttl
         relay = None
         last_full_pass = time.monotonic()
         while not self._stop.wait(self.poll_interval):
             try:
                 scheduler.acquire_locks()  # type: ignore[no-untyped-call]
-                scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+                scheduler.enqueue_scheduled_jobs()
                 if state.writes_outbox:
                     # Be the outbox's relay too: nothing else shares this Redis.
                     with state.app.app_context():

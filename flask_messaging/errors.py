@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DeliveryError",
     "InvalidJobError",
+    "JobTooLargeError",
     "MessageDecodeError",
     "MessageEncodeError",
     "MessagingError",
@@ -38,6 +39,15 @@ class InvalidJobError(MessagingError):
     """A job was refused before any handler ran: unsigned, tampered or foreign.
 
     Such jobs are not retried; they go straight to RQ's failed job registry.
+    """
+
+
+class JobTooLargeError(InvalidJobError):
+    """A job field is larger, stored or inflated, than any job of ours can be.
+
+    The bound is twice ``MESSAGING_MAX_MESSAGE_BYTES`` plus room for the job:
+    workers refuse such a job without inflating it, and displays show it as
+    too large.
     """
 
 

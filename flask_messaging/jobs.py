@@ -17,7 +17,7 @@ from rq.utils import utcformat
 from .dequeue import MessagingQueue
 from .lua import LuaScript
 from .serializer import JSONSerializer
-from .signing import Signer
+from .signing import JobBinding, Signer
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -211,12 +211,15 @@ class RQJobs:
 
 def _job_data(delivery: Delivery, signer: Signer) -> bytes:
     """The job's ``data`` field, as RQ's JSON serializer would write it."""
-    key = delivery.subscription.key
+    subscription = delivery.subscription
+    key = subscription.key
     envelope = delivery.envelope
+    assert subscription.queue_name is not None
+    binding = JobBinding(delivery.job_id, subscription.queue_name)
     call: tuple[Any, ...] = (
         DISPATCH_FUNCTION,
         None,
-        (key, envelope.decode(), signer.sign(key, envelope)),
+        (key, envelope.decode(), signer.sign(binding, key, envelope)),
         {},
     )
     return _compress(_data_encoder.encode(call))

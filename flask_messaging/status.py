@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime
 import logging
+from base64 import b64decode
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 from rq import Queue, Worker
@@ -19,9 +20,14 @@ from rq.registry import (
     ScheduledJobRegistry,
     StartedJobRegistry,
 )
+from rq.results import Result
+from rq.utils import as_text
 from rq.worker import BaseWorker
 
-from .dispatch import MessagingJob
+from .dispatch import MessagingJob, job_class_for
+from .errors import JobTooLargeError
+from .job_faults import describe
+from .job_hash import inflate
 from .redaction import redact
 from .serializer import JSONSerializer, ReadOnlySerializer
 
@@ -32,11 +38,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Failure",
+    "LatestResult",
     "QueueStatus",
+    "TooLargeJob",
     "UnreadableJob",
     "UnreadableWorker",
     "WorkerStatus",
     "fetch_jobs",
+    "latest_result",
     "outbox_backlog",
     "queue_names_in_redis",
     "queue_status",
@@ -79,23 +88,80 @@ class Failure:
 
 @dataclass(frozen=True)
 class UnreadableJob:
-    """A job hash RQ cannot parse (rewritten by hand, or by a foreign tool)."""
+    """A job hash that is refused or RQ cannot parse (rewritten by hand, or by
+    a foreign tool)."""
 
     id: str
-    #: RQ's complaint.
+    #: Why it cannot be read: the refusal, or RQ's complaint.
     error: str
 
     description = "(a job RQ cannot read)"
 
 
-def fetch_jobs(connection: Redis, ids: Sequence[str]) -> list[Job | UnreadableJob]:
+@dataclass(frozen=True)
+class TooLargeJob(UnreadableJob):
+    """A job with a field larger, stored or inflated, than any job of ours:
+    not read, only named."""
+
+    description = "(too large to show)"
+
+
+@dataclass(frozen=True)
+class LatestResult:
+    """A job's latest result, read with bounded memory."""
+
+    #: RQ's ``Result.Type``: SUCCESSFUL, FAILED, STOPPED, ...
+    type: str
+    #: The exception text of a failure; a note instead when it is too large.
+    text: str
+    created_at: datetime.datetime
+
+
+def latest_result(connection: Redis, job_id: str, limit: int) -> LatestResult | None:
+    """The latest result RQ stored for ``job_id``, with its text bounded.
+
+    RQ's own ``Result`` inflates a failure's text whole; here it is
+    inflated up to ``limit`` bytes (the job class's ``max_field_bytes``).
+    """
+    key = Result.get_key(job_id)  # type: ignore[no-untyped-call]
+    entries: Any = connection.xrevrange(key, "+", "-", count=1)
+    if not entries:
+        return None
+    entry_id, payload = entries[0]
+    created_at = datetime.datetime.fromtimestamp(
+        int(as_text(entry_id).partition("-")[0]) / 1000, tz=datetime.UTC
+    )
+    try:
+        kind = Result.Type(int(payload.get(b"type", b"0"))).name
+    except ValueError:
+        kind = "UNKNOWN"
+    text = ""
+    stored = payload.get(b"exc_string")
+    if stored:
+        try:
+            inflated = inflate(b64decode(stored), limit, "The failure text")
+            text = "" if inflated is None else inflated.decode(errors="replace")
+        except JobTooLargeError:
+            text = f"(a failure text of more than {limit:,} bytes, too large to show)"
+        except ValueError:
+            text = "(a failure text that cannot be read)"
+    return LatestResult(kind, text, created_at)
+
+
+def fetch_jobs(
+    connection: Redis,
+    ids: Sequence[str],
+    job_class: type[MessagingJob] = MessagingJob,
+) -> list[Job | UnreadableJob]:
     """The jobs of ``ids`` that still exist, read without unpickling anything.
 
-    A hash RQ cannot parse comes back as an :class:`UnreadableJob` instead of
-    failing the whole list.
+    A hash that is refused or RQ cannot parse comes back as an
+    :class:`UnreadableJob`, one too large as a :class:`TooLargeJob`, instead
+    of failing the whole list; no field is ever inflated past
+    ``job_class.max_field_bytes``.
     """
     try:
-        jobs = MessagingJob.fetch_many(
+        jobs = job_class.fetch_many(
             ids, connection=connection, serializer=ReadOnlySerializer
         )
         return [job for job in jobs if job is not None]
@@ -107,7 +173,7 @@ def fetch_jobs(connection: Redis, ids: Sequence[str]) -> list[Job | UnreadableJo
     for job_id in ids:
         try:
             readable.append(
-                MessagingJob.fetch(
+                job_class.fetch(
                     job_id, connection=connection, serializer=ReadOnlySerializer
                 )
             )
@@ -116,7 +182,10 @@ def fetch_jobs(connection: Redis, ids: Sequence[str]) -> list[Job | UnreadableJo
         except RedisError:
             raise
         except Exception as exc:  # RQ raises anything, AssertionError included
-            readable.append(UnreadableJob(job_id, _describe(exc)))
+            unreadable = (
+                TooLargeJob if isinstance(exc, JobTooLargeError) else UnreadableJob
+            )
+            readable.append(unreadable(job_id, _describe(exc)))
     return readable
 
 
@@ -176,18 +245,20 @@ def read_workers(connection: Redis) -> list[BaseWorker | UnreadableWorker]:
 
 
 def _describe(exc: BaseException) -> str:
-    return redact(f"{type(exc).__name__}: {exc}") if str(exc) else type(exc).__name__
+    return redact(describe(exc))
 
 
 def _queue(state: MessagingState, name: str) -> Queue:
+    job_class = job_class_for(state.settings.max_message_bytes)
     return Queue(
-        name, connection=state.redis, serializer=JSONSerializer, job_class=MessagingJob
+        name, connection=state.redis, serializer=JSONSerializer, job_class=job_class
     )
 
 
 def _failed(state: MessagingState, name: str) -> FailedJobRegistry:
+    job_class = job_class_for(state.settings.max_message_bytes)
     return FailedJobRegistry(
-        name, connection=state.redis, serializer=JSONSerializer, job_class=MessagingJob
+        name, connection=state.redis, serializer=JSONSerializer, job_class=job_class
     )
 
 
@@ -247,7 +318,8 @@ def recent_failures(state: MessagingState, limit: int = 50) -> list[Failure]:
         )
         # Scored by expiry: failure time plus the same TTL for every job.
         ids = registry.get_job_ids(0, limit - 1, desc=True, cleanup=False)
-        for job in fetch_jobs(state.redis, ids):
+        job_class = job_class_for(state.settings.max_message_bytes, for_display=True)
+        for job in fetch_jobs(state.redis, ids, job_class):
             if isinstance(job, UnreadableJob):
                 failures.append(
                     Failure(
@@ -259,13 +331,13 @@ def recent_failures(state: MessagingState, limit: int = 50) -> list[Failure]:
                     )
                 )
                 continue
-            result = job.latest_result()
+            result = latest_result(state.redis, job.id, job_class.max_field_bytes)
             failures.append(
                 Failure(
                     job_id=job.id,
                     queue=name,
                     description=job.description or "",
-                    error=_last_line(result.exc_string if result else None),
+                    error=_last_line(result.text if result else None),
                     failed_at=job.ended_at or (result.created_at if result else None),
                 )
             )

@@ -16,18 +16,25 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from flask import Flask
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, Worker
-from rq.job import Job, JobStatus
+from rq.job import Job
 from rq.worker import BaseWorker
 
 from .dequeue import MessagingQueue
-from .dispatch import MessagingJob
+from .dispatch import job_class_for
 from .extension import get_state
+from .job_faults import JobFaultsMixin, describe, fail_job
 from .serializer import JSONSerializer
 
 if TYPE_CHECKING:
     from .outbox import Relay
 
-__all__ = ["ForkingMessagingWorker", "MessagingWorker", "make_worker", "run_workers"]
+__all__ = [
+    "ForkingMessagingWorker",
+    "MessagingWorker",
+    "RestartPause",
+    "make_worker",
+    "run_workers",
+]
 
 W = TypeVar("W", bound=BaseWorker)
 
@@ -110,25 +117,21 @@ class _MessagingWorkerMixin:
                 self._fail_unreadable(job_id, queue, exc)
 
     def _fail_unreadable(self, job_id: str, queue: Queue, exc: Exception) -> None:
-        """Move a job RQ cannot read to the failed registry, for a person."""
+        """Move a job that is refused or cannot be read to the failed registry."""
+        reason = f"Job {job_id} was not run: {describe(exc)}"
         logger.error(
-            "Job %s on queue %s cannot be read; it is moved to the failed"
-            " registry, for a person to look at and delete.",
-            job_id,
-            queue.name,
+            "%s. It is moved to the failed registry, for a person to look at"
+            " and delete.",
+            reason,
             exc_info=exc,
         )
-        failure_ttl = get_state(self.app).settings.jobs.failure_ttl
-        with queue.connection.pipeline() as pipe:
-            pipe.zadd(
-                queue.failed_job_registry.key, {job_id: time.time() + failure_ttl}
-            )
-            pipe.hset(Job.key_for(job_id), "status", JobStatus.FAILED.value)
-            pipe.lrem(queue.intermediate_queue_key, 1, job_id)
-            pipe.execute()
+        fail_job(queue.connection, queue, job_id, reason, self._failure_ttl())
+
+    def _failure_ttl(self) -> int:
+        return get_state(self.app).settings.jobs.failure_ttl
 
 
-class MessagingWorker(_MessagingWorkerMixin, SimpleWorker):
+class MessagingWorker(_MessagingWorkerMixin, JobFaultsMixin, SimpleWorker):
     """Runs jobs in the worker process itself: no fork per job.
 
     A fork per job costs about four times the work of a trivial handler; a
@@ -137,7 +140,7 @@ class MessagingWorker(_MessagingWorkerMixin, SimpleWorker):
     """
 
 
-class ForkingMessagingWorker(_MessagingWorkerMixin, Worker):
+class ForkingMessagingWorker(_MessagingWorkerMixin, JobFaultsMixin, Worker):
     """Forks a work horse per job, as ``rq worker`` does."""
 
 
@@ -153,7 +156,9 @@ def make_worker(
     """Build a worker for ``app`` on ``queues`` (default ``MESSAGING_QUEUES``).
 
     Only jobs of this package run: every job is fetched as a
-    :class:`~flask_messaging.dispatch.MessagingJob` and decoded as JSON.
+    :class:`~flask_messaging.dispatch.MessagingJob` bounded by
+    ``MESSAGING_MAX_MESSAGE_BYTES`` and decoded as JSON; a fault of one job
+    fails that job, not the worker (:mod:`flask_messaging.job_faults`).
     """
     state = get_state(app)
     cls: type[Any] = worker_class or (
@@ -163,7 +168,7 @@ def make_worker(
         list(queues or state.queue_names()),
         name=name,
         connection=state.redis,
-        job_class=MessagingJob,
+        job_class=job_class_for(state.settings.max_message_bytes),
         queue_class=MessagingQueue,
         serializer=JSONSerializer,
         default_result_ttl=state.settings.jobs.result_ttl,
@@ -277,12 +282,13 @@ def _work(
 
     RQ's work loop quits, as if done, when Redis is unreachable at the wrong
     moment (as a job ends, say): a worker that nobody asked to stop is
-    replaced after a growing pause, so a Redis restart does not leave the
-    queues without workers.
+    replaced after a pause (:class:`RestartPause`), so a Redis restart does
+    not leave the queues without workers.
     """
-    pause = 1.0
+    pauses = RestartPause()
     while True:
         worker: BaseWorker = make_worker(app, queues, fork=fork)
+        started = time.monotonic()
         try:
             worker.work(**work_kwargs)
         except (RedisError, OSError):
@@ -295,6 +301,7 @@ def _work(
             )
             if asked_to_stop or work_kwargs["burst"] or work_kwargs["max_jobs"]:
                 return
+        pause = pauses.after_run(time.monotonic() - started)
         logger.warning(
             "The worker stopped unasked (Redis unreachable?); a new one starts"
             " in %.0f s.",
@@ -302,7 +309,31 @@ def _work(
         )
         if _pause(pause):
             return
-        pause = min(pause * 2, 30.0)
+
+
+class RestartPause:
+    """Seconds to wait before replacing a worker that stopped unasked.
+
+    The pause doubles from :attr:`FIRST` up to :attr:`LONGEST` while workers
+    keep stopping soon after they start (Redis down for a while), and is back
+    to :attr:`FIRST` once a worker has run :attr:`HEALTHY` seconds: a stop
+    after a healthy run is a new incident, not the last one going on.
+    """
+
+    FIRST = 1.0
+    LONGEST = 30.0
+    HEALTHY = 60.0
+
+    def __init__(self) -> None:
+        self._next = self.FIRST
+
+    def after_run(self, seconds: float) -> float:
+        """The pause after a worker that ran ``seconds`` stopped unasked."""
+        if seconds >= self.HEALTHY:
+            self._next = self.FIRST
+        pause = self._next
+        self._next = min(pause * 2, self.LONGEST)
+        return pause
 
 
 def _pause(seconds: float) -> bool:

@@ -26,6 +26,7 @@ from flask_messaging.extension import get_state
 from flask_messaging.jobs import DISPATCH_FUNCTION
 from flask_messaging.queue_names import DEFAULT_PRIORITY, HIGH_PRIORITY, LOW_PRIORITY
 from flask_messaging.serializer import JSONSerializer
+from flask_messaging.signing import JobBinding
 from flask_messaging.worker import make_worker
 
 from . import worker_app
@@ -60,7 +61,7 @@ def test_publish_enqueues_one_json_job_per_async_subscriber(
         handler_key, envelope, signature = args
         assert handler_key == "tests.worker_app:on_ping"
         assert json.loads(envelope)["payload"] == {"value": 1}
-        assert len(signature) == 64
+        assert signature.startswith("v2:") and len(signature) == 3 + 64
         # Names only, never payload data, in what dashboards display.
         assert job[b"description"] == b"tests.ping -> tests.worker_app:on_ping"
         assert job[b"origin"] == LOW_PRIORITY.encode()
@@ -283,7 +284,11 @@ def test_jobs_are_written_exactly_as_rq_writes_them(
                 args=(
                     subscription.key,
                     delivery.envelope.decode(),
-                    state.signer.sign(subscription.key, delivery.envelope),
+                    state.signer.sign(
+                        JobBinding(delivery.job_id, LOW_PRIORITY),
+                        subscription.key,
+                        delivery.envelope,
+                    ),
                 ),
                 timeout=42,
                 result_ttl=500,

@@ -41,7 +41,7 @@ from rq.results import Result
 from rq.worker import BaseWorker
 from rq_dashboard import web
 
-from ..dispatch import MessagingJob
+from ..dispatch import MessagingJob, job_class_for
 from ..extension import get_state
 from ..redaction import redact
 from ..serializer import JSONSerializer, ReadOnlySerializer
@@ -49,6 +49,7 @@ from ..status import (
     UnreadableJob,
     UnreadableWorker,
     fetch_jobs,
+    latest_result,
     queue_names_in_redis,
     read_workers,
     requeue_failed,
@@ -92,6 +93,23 @@ def rq_endpoints(app: Flask) -> set[str]:
     }
 
 
+#: The most jobs a page of the job list reads (rq-dashboard offers 5 to 100).
+MAX_PAGE_SIZE = 100
+
+
+def _job_class() -> type[MessagingJob]:
+    """The app's job class for reading: bounded, keeping no payload."""
+    return job_class_for(get_state().settings.max_message_bytes, for_display=True)
+
+
+def _fetch(job_id: str) -> Job | UnreadableJob:
+    """The job, or what can be said of one refused, unreadable or too large."""
+    jobs = fetch_jobs(_redis(), [job_id], _job_class())
+    if not jobs:
+        abort(404)
+    return jobs[0]
+
+
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with enum members (RQ's states) as their plain values."""
     return {
@@ -111,8 +129,9 @@ def _json(data: dict[str, Any], status: int = 200) -> Response:
 
 
 def _job_info(instance_number: int, job_id: str) -> Response:
-    # Read as the job lists read it: a hash RQ refuses is shown, not a 500.
-    (job,) = fetch_jobs(_redis(), [job_id]) or abort(404)
+    # Read as the job lists read it: a hash refused or RQ cannot parse is
+    # shown, not a 500.
+    job = _fetch(job_id)
     if isinstance(job, UnreadableJob):
         return _json(
             {
@@ -124,9 +143,9 @@ def _job_info(instance_number: int, job_id: str) -> Response:
                 "description": job.description,
             }
         )
-    result = job.latest_result()
-    failed = result is not None and result.type != result.Type.SUCCESSFUL
-    value = None if result is None or failed else result.return_value
+    # The text is read with a bound; dispatch returns nothing worth showing.
+    result = latest_result(_redis(), job.id, _job_class().max_field_bytes)
+    failed = result is not None and result.type != "SUCCESSFUL"
     return _json(
         {
             "id": job.id,
@@ -136,10 +155,10 @@ def _job_info(instance_number: int, job_id: str) -> Response:
             "ended_at": web.serialize_date(job.ended_at),
             "origin": job.origin,
             "status": job.get_status(),
-            "result": None
-            if value is None
-            else redact(json.dumps(value, default=repr)),
-            "exc_info": _redacted(result.exc_string if result is not None else None),
+            "result": None,
+            "exc_info": _redacted(
+                result.text if result is not None and failed else None
+            ),
             "description": job.description,
             "metadata": redact(json.dumps(job.meta, default=repr)),
         }
@@ -158,12 +177,12 @@ def _list_jobs(
         size, current = int(per_page), int(page)
     except ValueError:
         abort(404)
-    if size < 1 or current < 1:
+    if not 1 <= size <= MAX_PAGE_SIZE or current < 1:
         abort(404)
     connection = _redis()
     queue = Queue(queue_name, connection=connection, serializer=ReadOnlySerializer)
     total, ids = _page_of_ids(queue, registry_name, size, current, order == "dsc")
-    jobs = fetch_jobs(connection, ids)
+    jobs = fetch_jobs(connection, ids, _job_class())
 
     def link(number: int) -> dict[str, Any]:
         return {
@@ -209,7 +228,7 @@ def _page_of_ids(
         registry_class = _REGISTRIES.get(registry_name)
         if registry_class is None:
             abort(404)
-        registry = registry_class(queue=queue, job_class=MessagingJob)
+        registry = registry_class(queue=queue, job_class=_job_class())
     if isinstance(registry, BaseRegistry):
         total = registry.get_job_count(cleanup=False)
     else:
@@ -238,13 +257,14 @@ def _job_row(job: Job | UnreadableJob) -> dict[str, Any]:
             "exc_info": _redacted(job.error),
             "description": job.description,
         }
-    result = job.latest_result()
+    result = latest_result(job.connection, job.id, _job_class().max_field_bytes)
+    failed = result is not None and result.type != "SUCCESSFUL"
     return {
         "id": job.id,
         "created_at": web.serialize_date(job.created_at),
         "started_at": web.serialize_date(job.started_at),
         "ended_at": web.serialize_date(job.ended_at),
-        "exc_info": _redacted(result.exc_string if result is not None else None),
+        "exc_info": _redacted(result.text if result is not None and failed else None),
         "description": job.description,
     }
 
@@ -264,25 +284,14 @@ def _worker_row(worker: BaseWorker | UnreadableWorker) -> dict[str, Any]:
             "current_job": _redacted(worker.error),
         }
     current: Any = "idle"
-    try:
-        job = worker.get_current_job()
-    except RedisError:
-        raise
-    except Exception:  # a job hash RQ cannot parse
-        job_id = worker.get_current_job_id()
-        current = {
-            "job_id": job_id,
-            "description": UnreadableJob.description,
-            "created_at": None,
-            "call_string": UnreadableJob.description,
-        }
-        job = None
+    job = _current_job(worker)
     if job is not None:
         # rq-dashboard shows the call string, message payload included.
+        created = None if isinstance(job, UnreadableJob) else job.created_at
         current = {
             "job_id": job.id,
             "description": job.description,
-            "created_at": web.serialize_date(job.created_at),
+            "created_at": created and web.serialize_date(created),
             "call_string": job.description,
         }
     row = _plain(
@@ -304,6 +313,14 @@ def _worker_row(worker: BaseWorker | UnreadableWorker) -> dict[str, Any]:
     return row
 
 
+def _current_job(worker: BaseWorker) -> Job | UnreadableJob | None:
+    job_id = worker.get_current_job_id()
+    if job_id is None:
+        return None
+    jobs = fetch_jobs(_redis(), [job_id], _job_class())
+    return jobs[0] if jobs else None
+
+
 def _list_queues(instance_number: int) -> Response:
     # Not Queue.all(): one entry of rq:queues that is not a queue key made
     # it, and the whole page, fail.
@@ -321,57 +338,58 @@ def _delete_job_view(job_id: str) -> Response:
 
 
 def _delete(job_id: str, registry: BaseRegistry | None = None) -> bool:
+    connection = _redis()
     try:
-        job = MessagingJob.fetch(job_id, connection=_redis(), serializer=JSONSerializer)
+        job = _job_class().fetch(
+            job_id, connection=connection, serializer=JSONSerializer
+        )
     except NoSuchJobError:
         if registry is not None and not isinstance(registry, StartedJobRegistry):
             registry.remove(job_id)  # an id whose job expired
         return False
     except RedisError:
         raise
-    except Exception:  # a hash RQ cannot parse, or an id it refuses
-        _delete_unreadable(job_id, registry)
-        return True
+    except Exception:  # refused, unreadable, too large, or an id RQ refuses
+        return _delete_unreadable(job_id, registry)
     job.delete()
     return True
 
 
-def _delete_unreadable(job_id: str, registry: BaseRegistry | None) -> None:
-    """Delete a job RQ cannot read: its keys, and its id where it is listed.
+def _delete_unreadable(job_id: str, registry: BaseRegistry | None) -> bool:
+    """Delete a job that is refused, unreadable or too large, unread.
 
-    The lists are those of the registry it was found in and of the queue its
-    hash names as ``origin`` (read as a plain string, nothing else parsed).
+    Only its origin is read (a plain string, at most the field bound): it
+    names the queue and registries that may list the job, besides the
+    registry it was found in.
     """
     connection = _redis()
-    key = Job.key_for(job_id)
-    origin = connection.hget(key, "origin")
-    names = {registry.name} if registry is not None else set()
-    if isinstance(origin, bytes) and origin:
-        names.add(origin.decode(errors="replace"))
-    with connection.pipeline() as pipe:
-        for name in names:
-            pipe.lrem(Queue(name, connection=connection).key, 0, job_id)
-            for registry_class in _REGISTRIES.values():
-                pipe.zrem(registry_class(name, connection=connection).key, job_id)
-        results = Result.get_key(job_id)  # type: ignore[no-untyped-call]
-        pipe.delete(key, Job.dependents_key_for(job_id), results)
-        pipe.execute()
+    key = MessagingJob.key_for(job_id)
+    origin: Any = connection.hget(key, "origin")
+    registries = [] if registry is None else [registry]
+    if origin is not None and len(origin) <= _job_class().max_field_bytes:
+        queue = Queue(
+            origin.decode(errors="replace"),
+            connection=connection,
+            serializer=JSONSerializer,
+        )
+        registries += [cls(queue=queue) for cls in _REGISTRIES.values()]
+        connection.lrem(queue.key, 0, job_id)
+    for each in registries:
+        connection.zrem(each.key, job_id)
+    results = Result.get_key(job_id)  # type: ignore[no-untyped-call]
+    return bool(
+        connection.delete(key, MessagingJob.dependents_key_for(job_id), results)
+    )
 
 
 def _requeue_job_view(job_id: str) -> Response:
-    try:
-        job = MessagingJob.fetch(job_id, connection=_redis(), serializer=JSONSerializer)
-    except NoSuchJobError:
-        return _json({"status": "ERROR"}, 404)
-    except RedisError:
-        raise
-    except Exception as exc:  # a hash RQ cannot parse, or an id it refuses
-        reason = redact(f"{type(exc).__name__}: {exc}")
+    job = _fetch(job_id)
+    if isinstance(job, UnreadableJob):  # a worker would refuse it again
         return _json(
             {
                 "status": "ERROR",
-                "error": f"RQ cannot read this job ({reason}), so it cannot be"
-                " requeued; delete it.",
+                "error": f"This job cannot be read ({_redacted(job.error)}), so it"
+                " cannot be requeued; delete it.",
             },
             409,
         )
