@@ -209,7 +209,7 @@ def test_a_running_worker_marks_and_prunes_the_outbox(
     assert worker.returncode == 0, output
 
 
-def test_an_explicit_relay_is_refused_without_an_outbox_table(
+def test_a_worker_refuses_to_start_without_the_outbox_table(
     database_url: str, real_redis_url: str, app_without_tables: Flask
 ) -> None:
     worker = flask(database_url, real_redis_url, "worker", "--burst")
