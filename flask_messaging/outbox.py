@@ -420,7 +420,7 @@ class Relay:
         return Deferred(counts[False], counts[True], next_due, last_error)
 
 
-def check_table(engine: sa.Engine, table: sa.Table) -> None:
+def check_table(engine: sa.Engine | sa.Connection, table: sa.Table) -> None:
     """Raise a :class:`RuntimeError` saying how to fix a missing table or column."""
     inspector = sa.inspect(engine)
     if not inspector.has_table(table.name):

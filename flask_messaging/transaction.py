@@ -27,7 +27,7 @@ from .errors import DeliveryError, raise_failures
 from .extension import get_state
 from .jobs import InlineJobs
 from .message import Message
-from .outbox import RELAYED_KEY, make_due, outbox_rows
+from .outbox import RELAYED_KEY, check_table, make_due, outbox_rows
 from .testing import captured_registration
 
 if TYPE_CHECKING:
@@ -200,8 +200,17 @@ def _before_commit(session: Session) -> None:
         rows = outbox_rows(events.pending, state.settings.outbox.relay_delay)
         # One row as a single execute: SQLAlchemy's executemany path costs
         # about 0.1 ms more, a tenth of a small transaction.
-        session.execute(sa.insert(state.outbox), rows[0] if len(rows) == 1 else rows)
-        commit_order.commit_others_first(session, session.get_bind(clause=state.outbox))
+        outbox_bind = session.get_bind(clause=state.outbox)
+        try:
+            session.execute(
+                sa.insert(state.outbox), rows[0] if len(rows) == 1 else rows
+            )
+        except sa.exc.DBAPIError:
+            # A missing table or column (not created, not migrated) says so,
+            # with the fix; anything else is the database's own error.
+            check_table(outbox_bind, state.outbox)
+            raise
+        commit_order.commit_others_first(session, outbox_bind)
 
 
 def _after_commit(session: Session) -> None:

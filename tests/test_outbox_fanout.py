@@ -25,7 +25,7 @@ from .conftest import RedisServer, flask_messaging_command
 from .skew_app import ARCHIVE_KEY
 from .skew_app import create_app as create_skew_app
 from .test_outbox import _quiet, outbox_rows, queued, register_users
-from .tx_app import UserRegistered, db
+from .tx_app import User, UserRegistered, db
 from .worker_app import handled
 
 WELCOME_KEY = "tests.tx_app:welcome"
@@ -220,3 +220,20 @@ def test_a_table_without_the_subscribers_column_gets_the_migration_to_run(
         assert f"ALTER TABLE {table.name} ADD COLUMN subscribers TEXT" in str(
             error.value
         )
+        # The committing process: the same error, and nothing committed.
+        with pytest.raises(RuntimeError, match="ADD COLUMN subscribers"):
+            register_users(1)
+        db.session.rollback()
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(User)) == 0
+
+
+def test_a_commit_without_the_outbox_table_says_how_to_create_it(
+    database_url: str, real_redis_url: str
+) -> None:
+    app = make(database_url, real_redis_url)
+    with app.app_context():
+        get_state().outbox.drop(db.engine)
+        with pytest.raises(RuntimeError, match="does not exist: create it once"):
+            register_users(1)
+        db.session.rollback()
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(User)) == 0
