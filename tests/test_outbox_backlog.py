@@ -86,6 +86,10 @@ def test_relay_once_says_what_it_left_and_when_it_is_due(
         " MESSAGING_RELAY_DELAY = 10 s ago: left to the process that committed"
         " them). Next due in "
     )
+    # A burst worker's relay pass says the same: this burst leaves them.
+    worker = flask(database_url, real_redis_url, "worker", "--burst", **DELAY)
+    assert worker.returncode == 0, worker.stderr
+    assert "Relayed 0 message(s).\nLeft 2 row(s): 2 not yet due" in worker.stdout
     with app.app_context():
         assert [row.relayed_at for row in outbox_rows()] == [None, None]
 
@@ -161,11 +165,13 @@ def test_the_worker_relays_by_default_and_not_with_no_relay(
         database_url, private_redis.url, "worker", "--burst", "--no-relay"
     )
     assert opted_out.returncode == 0, opted_out.stderr
+    assert "Relayed" not in opted_out.stdout
     assert handled(redis) == []
     with app.app_context():
         assert [row.relayed_at for row in outbox_rows()] == [None, None]
     worker = flask(database_url, private_redis.url, "worker", "--burst")
     assert worker.returncode == 0, worker.stderr
+    assert worker.stdout.startswith("Relayed 2 message(s).\n")
     assert sorted(e["email"] for e in handled(redis)) == [
         "u0@example.com",
         "u1@example.com",
