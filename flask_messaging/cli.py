@@ -252,10 +252,16 @@ def _describe_deferred(deferred: Deferred, relay_delay: float) -> str:
 def _describe_backlog(backlog: Backlog | None) -> str:
     if backlog is None:
         return "Outbox: off"
-    text = (
-        f"Outbox: {backlog.waiting} row(s) waiting for the relay,"
-        f" {backlog.enqueued} enqueued at commit (not yet marked by a relay)"
-    )
+    if backlog.enqueued is None:
+        text = (
+            f"Outbox: {backlog.waiting} row(s) not marked relayed (Redis cannot"
+            " be read to tell those enqueued at commit)"
+        )
+    else:
+        text = (
+            f"Outbox: {backlog.waiting} row(s) waiting for the relay,"
+            f" {backlog.enqueued} enqueued at commit (not yet marked by a relay)"
+        )
     age = backlog.oldest_waiting_age
     if age is not None:
         text += f"; oldest waiting row committed {age:.1f} s ago"

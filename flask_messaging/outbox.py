@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
+from redis.exceptions import RedisError
 
 from . import envelope as codec
 from .jobs import Delivery, RQJobs
@@ -142,10 +143,12 @@ class UnknownSubscriberError(LookupError):
 class Backlog:
     """Outbox rows not marked relayed, as :meth:`Relay.backlog` counts them."""
 
-    #: Rows nobody has enqueued: the relay's work.
+    #: Rows nobody has enqueued: the relay's work. When Redis cannot be
+    #: read (``enqueued`` is None), every row not marked relayed.
     waiting: int
-    #: Rows the committing process enqueued, not yet marked by a relay pass.
-    enqueued: int
+    #: Rows the committing process enqueued, not yet marked by a relay pass;
+    #: None when Redis cannot be read to tell them apart.
+    enqueued: int | None
     #: When the oldest waiting row was committed (naive UTC); None if none.
     oldest_waiting_at: datetime.datetime | None
 
@@ -349,14 +352,17 @@ class Relay:
         Rows the committing process enqueued are told apart by the ids it
         listed in Redis (:data:`RELAYED_KEY`); reading changes nothing. The
         work is proportional to that list, which every relay pass empties.
-
-        :raises redis.exceptions.RedisError: Redis cannot be read.
+        With Redis unreachable (an outage, when the backlog matters most)
+        the rows are still counted, as waiting, and ``enqueued`` is None.
         """
         table = self.table
-        listed = {
-            i.decode()
-            for i in cast("list[bytes]", self.state.redis.lrange(RELAYED_KEY, 0, -1))
-        }
+        try:
+            ids = cast("list[bytes]", self.state.redis.lrange(RELAYED_KEY, 0, -1))
+        except (RedisError, OSError):
+            ids, unknown = [], True
+        else:
+            unknown = False
+        listed = {i.decode() for i in ids}
         pending = table.c.relayed_at.is_(None)
         with self.engine.connect() as connection:
             total = connection.execute(
@@ -388,6 +394,8 @@ class Relay:
                 if len(page) < _CHUNK:
                     break
                 after = page[-1][0]
+        if unknown:
+            return Backlog(int(total), None, oldest)
         return Backlog(int(total) - int(enqueued), int(enqueued), oldest)
 
     def deferred(self) -> Deferred:

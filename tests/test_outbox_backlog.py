@@ -19,6 +19,7 @@ import pytest
 from flask import Flask
 from redis import Redis
 
+from flask_messaging.cli import _describe_backlog
 from flask_messaging.extension import get_state
 from flask_messaging.outbox import Relay
 
@@ -230,3 +231,26 @@ def app_without_tables(database_url: str, real_redis_url: str) -> Flask:
     with app.app_context():
         db.drop_all()
     return app
+
+
+def test_the_backlog_is_still_counted_when_redis_cannot_be_read(
+    database_url: str, private_redis: RedisServer
+) -> None:
+    app = make(
+        database_url, private_redis.url, MESSAGING_DASHBOARD_AUTH=("admin", "pw")
+    )
+    with app.app_context():
+        register_users(2)  # enqueued at commit, listed in Redis
+        db.session.remove()
+        private_redis.stop()
+        backlog = Relay(get_state()).backlog()
+        assert (backlog.waiting, backlog.enqueued) == (2, None)
+        assert backlog.oldest_waiting_at == outbox_rows()[0].created_at
+    headers = {"Authorization": "Basic YWRtaW46cHc="}  # admin:pw
+    page = app.test_client().get("/rq/messaging/", headers=headers).text
+    assert '<strong id="outbox-waiting">2</strong>' in page
+    assert "Redis cannot be read: some of them may have been enqueued" in page
+    assert _describe_backlog(backlog).startswith(
+        "Outbox: 2 row(s) not marked relayed (Redis cannot be read to tell those"
+        " enqueued at commit); oldest waiting row committed "
+    )
