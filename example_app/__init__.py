@@ -4,13 +4,14 @@ Run it with no server at all (SQLite and the in-process ``memory://`` Redis)::
 
     flask --app example_app run
 
-Production shape: a real database and Redis, and workers beside the app::
+Production shape: a real database and Redis, the tables created once, and
+workers (which also relay the outbox) beside the app::
 
     export DATABASE_URL=postgresql+psycopg://localhost/shop
     export MESSAGING_REDIS_URL=redis://localhost:6379/0
+    flask --app example_app init-db
     flask --app example_app run
     flask --app example_app messaging worker
-    flask --app example_app messaging relay
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import click
 from flask import Flask
+from flask.cli import with_appcontext
+
+from flask_messaging.extension import get_state
 
 from .extensions import db, messaging
 
@@ -48,6 +53,20 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from .views import shop
 
     app.register_blueprint(shop)
-    with app.app_context():
-        db.create_all()
+    app.cli.add_command(init_db_command)
+    if get_state(app).is_embedded:
+        # memory:// runs the whole shop in this one process: nothing can race
+        # it, and the README's single command needs no set-up step. With a
+        # real Redis, the web app, workers and relays start side by side and
+        # would all race to create the tables: 'flask init-db' does it once.
+        with app.app_context():
+            db.create_all()
     return app
+
+
+@click.command("init-db")
+@with_appcontext
+def init_db_command() -> None:
+    """Create the shop's tables (and the outbox) once, before starting it."""
+    db.create_all()
+    click.echo(f"Created the tables in {db.engine.url.render_as_string()}.")

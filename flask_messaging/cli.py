@@ -13,6 +13,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .extension import MessagingState, get_state
+from .outbox import Backlog, Deferred, Relay, utcnow
 from .redaction import redact
 from .subscription import Subscription
 
@@ -135,9 +136,9 @@ def subscribers_command(as_json: bool) -> None:
 )
 @click.option(
     "--relay/--no-relay",
-    default=False,
-    show_default=True,
-    help="Also relay the outbox from this process (see 'flask messaging relay').",
+    default=None,
+    help="Also relay the outbox from this process (see 'flask messaging relay')."
+    "  [default: on when the app has an outbox]",
 )
 @click.option(
     "--logging-level",
@@ -154,14 +155,16 @@ def worker_command(
     fork: bool,
     scheduler: bool,
     max_jobs: int | None,
-    relay: bool,
+    relay: bool | None,
     logging_level: str,
 ) -> None:
     """Run workers that deliver async messages.
 
     QUEUES default to MESSAGING_QUEUES (highest priority first) followed by any
     other queue a subscriber uses. SIGTERM or Ctrl+C lets the job in hand
-    finish; a second one stops at once.
+    finish; a second one stops at once. With an outbox, the worker also relays
+    it (any number of workers on PostgreSQL; on SQLite, one worker without
+    --no-relay), unless --no-relay.
     """
     from .worker import run_workers
 
@@ -174,13 +177,18 @@ def worker_command(
             f"Cannot reach Redis at {state.settings.redis_url}: {exc}"
         ) from None
     outbox_relay = None
+    if relay is None:
+        relay = state.writes_outbox
     if relay:
-        from .outbox import Relay
-
         try:
             outbox_relay = Relay(state)
         except RuntimeError as exc:
             raise click.UsageError(str(exc)) from None
+        if burst:
+            # One pass before the burst, reported as 'relay --once' reports
+            # it: rows not due yet are not relayed by this burst.
+            _relay_once(outbox_relay)
+            outbox_relay = None
     status = run_workers(
         app,
         queues,
@@ -211,18 +219,12 @@ def relay_command(once: bool, interval: float | None) -> None:
     by a Redis outage or a crash, marks relayed rows and prunes old ones. Run
     one or more beside the workers (PostgreSQL: any number; SQLite: one).
     """
-    from .outbox import Relay
-
     try:
         relay = Relay(get_state())
     except RuntimeError as exc:
         raise click.UsageError(str(exc)) from None
     if once:
-        try:
-            count = relay.run_once()
-        except Exception as exc:
-            raise click.ClickException(f"Relay failed: {exc}") from None
-        click.echo(f"Relayed {count} message(s).")
+        _relay_once(relay)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     stop = threading.Event()
@@ -230,6 +232,61 @@ def relay_command(once: bool, interval: float | None) -> None:
         signal.signal(sig, lambda *_: stop.set())
     click.echo("Relaying the outbox; Ctrl+C to stop.")
     relay.run(stop, interval)
+
+
+def _relay_once(relay: Relay) -> None:
+    """One relay pass; print what it enqueued and what it left, and why."""
+    try:
+        count = relay.run_once()
+        deferred = relay.deferred()
+    except Exception as exc:
+        raise click.ClickException(f"Relay failed: {exc}") from None
+    click.echo(f"Relayed {count} message(s).")
+    if deferred.total:
+        click.echo(_describe_deferred(deferred, relay.settings.relay_delay))
+
+
+def _describe_deferred(deferred: Deferred, relay_delay: float) -> str:
+    """What a relay pass left pending, why, and when it is next due."""
+    reasons = []
+    if deferred.not_yet_due:
+        reasons.append(
+            f"{deferred.not_yet_due} not yet due (committed less than"
+            f" MESSAGING_RELAY_DELAY = {relay_delay:g} s ago: left to the process"
+            " that committed them)"
+        )
+    if deferred.backing_off:
+        reasons.append(
+            f"{deferred.backing_off} backing off after failed attempts (last"
+            f" error: {deferred.last_error})"
+        )
+    text = f"Left {deferred.total} row(s): {'; '.join(reasons)}."
+    if deferred.next_due_at is not None:
+        wait = max(0.0, (deferred.next_due_at - utcnow()).total_seconds())
+        text += (
+            f" Next due in {wait:.1f} s"
+            f" ({deferred.next_due_at.isoformat(timespec='seconds')} UTC)."
+        )
+    return text
+
+
+def _describe_backlog(backlog: Backlog | None) -> str:
+    if backlog is None:
+        return "Outbox: off"
+    if backlog.enqueued is None:
+        text = (
+            f"Outbox: {backlog.waiting} row(s) not marked relayed (Redis cannot"
+            " be read to tell those enqueued at commit)"
+        )
+    else:
+        text = (
+            f"Outbox: {backlog.waiting} row(s) waiting for the relay,"
+            f" {backlog.enqueued} enqueued at commit (not yet marked by a relay)"
+        )
+    age = backlog.oldest_waiting_age
+    if age is not None:
+        text += f"; oldest waiting row committed {age:.1f} s ago"
+    return text + "."
 
 
 @messaging_cli.command("status")
@@ -257,7 +314,13 @@ def status_command(as_json: bool) -> None:
         report = {
             "queues": [asdict(q) for q in queues],
             "workers": [asdict(w) for w in workers],
-            "outbox_backlog": backlog,
+            "outbox_backlog": None
+            if backlog is None
+            else {
+                "waiting": backlog.waiting,
+                "enqueued": backlog.enqueued,
+                "oldest_waiting_age": backlog.oldest_waiting_age,
+            },
         }
         click.echo(json.dumps(report, indent=2))
         return
@@ -286,9 +349,7 @@ def status_command(as_json: bool) -> None:
     else:
         click.echo("No workers.")
     click.echo()
-    click.echo(
-        "Outbox: off" if backlog is None else f"Outbox backlog: {backlog} row(s)"
-    )
+    click.echo(_describe_backlog(backlog))
 
 
 @messaging_cli.command("requeue-failed")

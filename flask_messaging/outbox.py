@@ -2,9 +2,12 @@
 
 Each event registered in a transaction becomes one row of the outbox table,
 written in that same transaction: if the transaction commits, the event is
-stored, whatever happens next. Right after the commit, the committing process
+stored, whatever happens next. The row also holds the event's fan-out: the
+async subscribers that must receive it, decided by the committing code
+(predicates already evaluated). Right after the commit, the committing process
 enqueues the event's jobs. Rows it could not enqueue (Redis down, the process
-killed) are found by :class:`Relay` (``flask messaging relay``).
+killed) are found by :class:`Relay` (``flask messaging relay``, or any
+``flask messaging worker``), which delivers exactly the stored fan-out.
 
 Enqueueing is made idempotent by a marker per message in Redis, set atomically
 with the jobs (``RQJobs.enqueue_once``): whoever
@@ -19,6 +22,8 @@ The table, for Alembic users (``MESSAGING_OUTBOX_TABLE``, default
     message_id   VARCHAR(32)  PRIMARY KEY  -- UUIDv7 hex: time ordered
     message_type VARCHAR(255) NOT NULL
     envelope     TEXT         NOT NULL     -- the JSON envelope
+    subscribers  TEXT                      -- JSON list of async handler keys;
+                                           -- NULL in rows of versions before it
     created_at   TIMESTAMP    NOT NULL     -- UTC
     available_at TIMESTAMP    NOT NULL     -- when the relay may take it
     attempts     INTEGER      NOT NULL DEFAULT 0
@@ -30,12 +35,15 @@ The table, for Alembic users (``MESSAGING_OUTBOX_TABLE``, default
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
+from redis.exceptions import RedisError
 
 from . import envelope as codec
 from .jobs import Delivery, RQJobs
@@ -44,13 +52,16 @@ if TYPE_CHECKING:
     from .extension import MessagingState
     from .transaction import PendingEvent
 
-__all__ = ["RELAYED_KEY", "Relay", "outbox_table"]
+__all__ = ["RELAYED_KEY", "Backlog", "Deferred", "Relay", "outbox_table"]
 
 logger = logging.getLogger("flask_messaging")
 
 #: Redis list of message ids enqueued by committing processes, for the relay
 #: to mark as relayed in the outbox.
 RELAYED_KEY = "flask_messaging:outbox:relayed"
+
+#: Ids per ``IN (...)`` list: well under SQLite's limit on bound parameters.
+_CHUNK = 500
 
 
 def utcnow() -> datetime.datetime:
@@ -69,6 +80,7 @@ def outbox_table(metadata: sa.MetaData, name: str) -> sa.Table:
         sa.Column("message_id", sa.String(32), primary_key=True),
         sa.Column("message_type", sa.String(255), nullable=False),
         sa.Column("envelope", sa.Text, nullable=False),
+        sa.Column("subscribers", sa.Text, nullable=True),
         sa.Column("created_at", sa.DateTime, nullable=False),
         sa.Column("available_at", sa.DateTime, nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False, default=0),
@@ -79,6 +91,7 @@ def outbox_table(metadata: sa.MetaData, name: str) -> sa.Table:
 
 
 def outbox_rows(events: Sequence[PendingEvent], delay: float) -> list[dict[str, Any]]:
+    """The rows of ``events``, each with its fan-out (``event.deliveries``)."""
     now = utcnow()
     available = now + datetime.timedelta(seconds=delay)
     return [
@@ -86,12 +99,85 @@ def outbox_rows(events: Sequence[PendingEvent], delay: float) -> list[dict[str, 
             "message_id": event.message_id,
             "message_type": type(event.message).__message_name__,
             "envelope": event.data.decode(),
+            "subscribers": _encode_subscribers(event.deliveries or ()),
             "created_at": now,
             "available_at": available,
             "attempts": 0,
         }
         for event in events
     ]
+
+
+def _encode_subscribers(deliveries: Iterable[Delivery]) -> str:
+    return json.dumps([d.subscription.key for d in deliveries])
+
+
+def make_due(state: MessagingState, message_ids: Sequence[str]) -> None:
+    """Let the relay take these rows at once, not after ``MESSAGING_RELAY_DELAY``.
+
+    For rows whose committing process could not enqueue them: nobody else
+    will, so a relay (``relay --once`` right after an outage) should not wait.
+    """
+    table = state.outbox
+    assert table is not None
+    now = utcnow()
+    with state.db.engine.begin() as connection:
+        for chunk in _chunks(message_ids):
+            connection.execute(
+                table.update()
+                .where(table.c.message_id.in_(chunk), table.c.relayed_at.is_(None))
+                .values(available_at=now)
+            )
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class UnknownSubscriberError(LookupError):
+    """An outbox row names an async subscriber this app does not have."""
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Outbox rows not marked relayed, as :meth:`Relay.backlog` counts them."""
+
+    #: Rows nobody has enqueued: the relay's work. When Redis cannot be
+    #: read (``enqueued`` is None), every row not marked relayed.
+    waiting: int
+    #: Rows the committing process enqueued, not yet marked by a relay pass;
+    #: None when Redis cannot be read to tell them apart.
+    enqueued: int | None
+    #: When the oldest waiting row was committed (naive UTC); None if none.
+    oldest_waiting_at: datetime.datetime | None
+
+    @property
+    def oldest_waiting_age(self) -> float | None:
+        """Seconds since the oldest waiting row was committed."""
+        if self.oldest_waiting_at is None:
+            return None
+        return max(0.0, (utcnow() - self.oldest_waiting_at).total_seconds())
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """Pending rows a relay pass left, and why (see :meth:`Relay.deferred`)."""
+
+    #: Rows committed less than ``MESSAGING_RELAY_DELAY`` ago, left to the
+    #: process that committed them.
+    not_yet_due: int
+    #: Rows that failed to relay (an unknown message type or subscriber),
+    #: waiting for their next attempt.
+    backing_off: int
+    #: When the first of them becomes due (naive UTC); None if none.
+    next_due_at: datetime.datetime | None
+    #: The latest error of a row backing off.
+    last_error: str | None
+
+    @property
+    def total(self) -> int:
+        return self.not_yet_due + self.backing_off
 
 
 class Relay:
@@ -116,12 +202,7 @@ class Relay:
         self.jobs = state.jobs
         self.table = state.outbox
         self.settings = state.settings.outbox
-        if not sa.inspect(self.engine).has_table(self.table.name):
-            raise RuntimeError(
-                f"The outbox table {self.table.name!r} does not exist: create it"
-                " with db.create_all() or a migration (its columns are listed in"
-                " the flask_messaging.outbox documentation)."
-            )
+        check_table(self.engine, self.table)
 
     @property
     def engine(self) -> sa.Engine:
@@ -175,7 +256,12 @@ class Relay:
         table = self.table
         now = utcnow()
         query = (
-            sa.select(table.c.message_id, table.c.envelope, table.c.attempts)
+            sa.select(
+                table.c.message_id,
+                table.c.envelope,
+                table.c.subscribers,
+                table.c.attempts,
+            )
             .where(table.c.relayed_at.is_(None), table.c.available_at <= now)
             .order_by(table.c.message_id)
             .limit(self.settings.relay_batch_size)
@@ -188,9 +274,9 @@ class Relay:
                 return 0, 0
             messages: list[tuple[str, Sequence[Delivery]]] = []
             failed: list[tuple[str, int, str]] = []
-            for message_id, data, attempts in rows:
+            for message_id, data, subscribers, attempts in rows:
                 try:
-                    messages.append((message_id, self._deliveries(data.encode())))
+                    deliveries = self._deliveries(data.encode(), subscribers)
                 except Exception as exc:
                     logger.error(
                         "Outbox message %s cannot be relayed (attempt %d): %s",
@@ -199,6 +285,8 @@ class Relay:
                         exc,
                     )
                     failed.append((message_id, attempts + 1, str(exc)))
+                else:
+                    messages.append((message_id, deliveries))
             enqueued = self.jobs.enqueue_once(messages)
             if messages:
                 connection.execute(
@@ -207,7 +295,7 @@ class Relay:
                     .values(relayed_at=utcnow())
                 )
             for message_id, attempts, error in failed:
-                # Back off, so that rows this code cannot read yet (deploy
+                # Back off, so that rows this code cannot deliver yet (deploy
                 # skew) do not hold up the others.
                 delay = min(3600, 2**attempts)
                 connection.execute(
@@ -221,11 +309,29 @@ class Relay:
                 )
         return sum(enqueued), len(rows)
 
-    def _deliveries(self, data: bytes) -> list[Delivery]:
+    def _deliveries(self, data: bytes, subscribers: str | None) -> list[Delivery]:
         envelope = codec.decode_envelope(data)
-        message = codec.decode(envelope)
-        # A predicate that fails is logged there; its subscriber gets nothing.
-        deliveries, _ = self.state.broker.async_deliveries(message, envelope.id, data)
+        message = codec.decode(envelope)  # raises on an unknown message type
+        if subscribers is None:
+            # A row written before the fan-out was stored with it: the
+            # subscribers are this app's, as the writing version would do.
+            deliveries, _ = self.state.broker.async_deliveries(
+                message, envelope.id, data
+            )
+            return deliveries
+        message_type = type(message)
+        registry = self.state.broker.registry
+        deliveries = []
+        for key in json.loads(subscribers):
+            subscription = registry.async_subscription(key, message_type)
+            if subscription is None:
+                raise UnknownSubscriberError(
+                    f"The async subscriber {key!r} of {envelope.type!r} is unknown"
+                    " to this relay (older code than the one that committed the"
+                    " event?): the row stays pending until a relay that has it"
+                    " (the newly deployed code) takes it."
+                )
+            deliveries.append(Delivery(subscription, envelope.type, envelope.id, data))
         return deliveries
 
     def prune(self) -> int:
@@ -240,11 +346,108 @@ class Relay:
             )
         return int(result.rowcount or 0)
 
-    def backlog(self) -> int:
-        """How many rows are waiting to be relayed."""
+    def backlog(self) -> Backlog:
+        """Count the rows not marked relayed: waiting, or already enqueued.
+
+        Rows the committing process enqueued are told apart by the ids it
+        listed in Redis (:data:`RELAYED_KEY`); reading changes nothing. The
+        work is proportional to that list, which every relay pass empties.
+        With Redis unreachable (an outage, when the backlog matters most)
+        the rows are still counted, as waiting, and ``enqueued`` is None.
+        """
         table = self.table
+        try:
+            ids = cast("list[bytes]", self.state.redis.lrange(RELAYED_KEY, 0, -1))
+        except (RedisError, OSError):
+            ids, unknown = [], True
+        else:
+            unknown = False
+        listed = {i.decode() for i in ids}
+        pending = table.c.relayed_at.is_(None)
         with self.engine.connect() as connection:
-            count = connection.execute(
-                sa.select(sa.func.count()).where(table.c.relayed_at.is_(None))
+            total = connection.execute(
+                sa.select(sa.func.count()).select_from(table).where(pending)
             ).scalar_one()
-        return int(count)
+            enqueued = sum(
+                connection.execute(
+                    sa.select(sa.func.count())
+                    .select_from(table)
+                    .where(pending, table.c.message_id.in_(chunk))
+                ).scalar_one()
+                for chunk in _chunks(sorted(listed))
+            )
+            oldest = None
+            after = ""
+            # The oldest pending row nobody listed: listed rows come first at
+            # most len(listed) times, so this reads about that many rows.
+            while oldest is None:
+                page = connection.execute(
+                    sa.select(table.c.message_id, table.c.created_at)
+                    .where(pending, table.c.message_id > after)
+                    .order_by(table.c.message_id)
+                    .limit(_CHUNK)
+                ).all()
+                for message_id, created_at in page:
+                    if message_id not in listed:
+                        oldest = created_at
+                        break
+                if len(page) < _CHUNK:
+                    break
+                after = page[-1][0]
+        if unknown:
+            return Backlog(int(total), None, oldest)
+        return Backlog(int(total) - int(enqueued), int(enqueued), oldest)
+
+    def deferred(self) -> Deferred:
+        """The pending rows that are not due yet, and when the first one is."""
+        table = self.table
+        backing_off = table.c.attempts > 0
+        query = (
+            sa.select(
+                backing_off.label("backing_off"),
+                sa.func.count(),
+                sa.func.min(table.c.available_at),
+            )
+            .where(table.c.relayed_at.is_(None), table.c.available_at > utcnow())
+            .group_by(backing_off)
+        )
+        counts = {False: 0, True: 0}
+        next_due: datetime.datetime | None = None
+        last_error = None
+        with self.engine.connect() as connection:
+            for is_backing_off, count, due in connection.execute(query):
+                counts[bool(is_backing_off)] = int(count)
+                next_due = due if next_due is None else min(next_due, due)
+            if counts[True]:
+                last_error = connection.execute(
+                    sa.select(table.c.last_error)
+                    .where(table.c.relayed_at.is_(None), backing_off)
+                    .order_by(table.c.available_at.desc())
+                    .limit(1)
+                ).scalar()
+        return Deferred(counts[False], counts[True], next_due, last_error)
+
+
+def check_table(engine: sa.Engine | sa.Connection, table: sa.Table) -> None:
+    """Raise a :class:`RuntimeError` saying how to fix a missing table or column."""
+    inspector = sa.inspect(engine)
+    if not inspector.has_table(table.name):
+        raise RuntimeError(
+            f"The outbox table {table.name!r} does not exist: create it once, with"
+            " db.create_all() in a set-up command or a migration (its columns are"
+            " listed in the flask_messaging.outbox documentation), before starting"
+            " the app's processes."
+        )
+    columns = {column["name"] for column in inspector.get_columns(table.name)}
+    missing = [c.name for c in table.columns if c.name not in columns]
+    if missing:
+        adds = "; ".join(
+            f"ALTER TABLE {table.name} ADD COLUMN {name}"
+            f" {table.c[name].type.compile(engine.dialect)}"
+            for name in missing
+        )
+        raise RuntimeError(
+            f"The outbox table {table.name!r} lacks the column(s)"
+            f" {', '.join(missing)}, which this version of flask-messaging writes:"
+            f" add them with a migration ({adds}), as docs/transactions.md shows."
+        )

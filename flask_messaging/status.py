@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from redis import Redis
 
     from .extension import MessagingState
+    from .outbox import Backlog
 
 __all__ = [
     "Failure",
@@ -381,8 +382,11 @@ def _requeue(registry: FailedJobRegistry, job_id: str) -> bool:
     return True
 
 
-def outbox_backlog(state: MessagingState) -> int | None:
-    """Outbox rows not relayed yet; ``None`` without an outbox."""
+def outbox_backlog(state: MessagingState) -> Backlog | None:
+    """Outbox rows not marked relayed: waiting, or already enqueued.
+
+    ``None`` without an outbox. See :meth:`~flask_messaging.outbox.Relay.backlog`.
+    """
     if state.outbox is None:
         return None
     from .outbox import Relay

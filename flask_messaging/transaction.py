@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, SessionTransaction
 
+from . import commit_order
 from . import envelope as codec
 from .broker import MessageBroker, active_override
 from .errors import DeliveryError, raise_failures
 from .extension import get_state
 from .jobs import InlineJobs
 from .message import Message
-from .outbox import RELAYED_KEY, outbox_rows
+from .outbox import RELAYED_KEY, check_table, make_due, outbox_rows
 from .testing import captured_registration
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ class PendingEvent:
     data: bytes
     #: The transaction (a savepoint, or the root) it was registered in.
     transaction: SessionTransaction | None
+    #: Its async deliveries (predicates evaluated), decided when the outbox
+    #: row is written; None until then.
+    deliveries: list[Delivery] | None = None
 
 
 @dataclass(slots=True)
@@ -61,8 +65,13 @@ class _SessionEvents:
     pending: list[PendingEvent] = field(default_factory=list)
     committed: bool = False
     rolled_back: bool = False
+    #: The outermost transaction began to commit (and may have failed to).
+    commit_started: bool = False
     #: Decided when the outermost transaction is about to commit.
     override: MessageBroker | None = None
+    #: Predicates that raised while the fan-out was decided, raised after
+    #: the commit with the sync subscribers' failures.
+    errors: list[Exception] | None = None
 
 
 def register_event(message: Message) -> None:
@@ -170,15 +179,38 @@ def _before_commit(session: Session) -> None:
     events = session.info.get(_EVENTS)
     if events is None or not events.pending:
         return
+    events.commit_started = True
     events.override = active_override()
     state = get_state()
     if events.override is None and state.writes_outbox:
         assert state.outbox is not None
+        # The fan-out is decided here, by the code that commits, and stored
+        # with the row: a relay on other code delivers exactly this list.
+        broker = state.broker
+        errors = None
+        for event in events.pending:
+            event.deliveries, errors = broker.async_deliveries(
+                event.message, event.message_id, event.data, errors
+            )
+        events.errors = errors
+        # Every database of the transaction must be written before the
+        # outbox's connection can be the one that commits last.
+        session.flush()
         # Stored with the data, in the same transaction: committed together.
         rows = outbox_rows(events.pending, state.settings.outbox.relay_delay)
         # One row as a single execute: SQLAlchemy's executemany path costs
         # about 0.1 ms more, a tenth of a small transaction.
-        session.execute(sa.insert(state.outbox), rows[0] if len(rows) == 1 else rows)
+        outbox_bind = session.get_bind(clause=state.outbox)
+        try:
+            session.execute(
+                sa.insert(state.outbox), rows[0] if len(rows) == 1 else rows
+            )
+        except sa.exc.DBAPIError:
+            # A missing table or column (not created, not migrated) says so,
+            # with the fix; anything else is the database's own error.
+            check_table(outbox_bind, state.outbox)
+            raise
+        commit_order.commit_others_first(session, outbox_bind)
 
 
 def _after_commit(session: Session) -> None:
@@ -227,6 +259,8 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
         return
     if events.rolled_back:
         return
+    if events.commit_started and not events.committed:
+        return  # the commit failed, and raised to its caller: nothing leaves
     if not events.committed:
         names = ", ".join(
             f"{type(e.message).__message_name__} {e.message_id}" for e in events.pending
@@ -243,7 +277,7 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
     if events.override is not None:
         _publish_to(events.override, events.pending)
     else:
-        _deliver(get_state(), events.pending)
+        _deliver(get_state(), events.pending, events.errors)
 
 
 def _publish_to(broker: MessageBroker, pending: list[PendingEvent]) -> None:
@@ -257,9 +291,12 @@ def _publish_to(broker: MessageBroker, pending: list[PendingEvent]) -> None:
         raise_failures(type(pending[0].message).__message_name__, errors)
 
 
-def _deliver(state: MessagingState, pending: list[PendingEvent]) -> None:
+def _deliver(
+    state: MessagingState,
+    pending: list[PendingEvent],
+    errors: list[Exception] | None = None,
+) -> None:
     broker = state.broker
-    errors: list[Exception] | None = None
     for event in pending:
         route = broker.registry.route(type(event.message))
         if route.sync:
@@ -268,9 +305,11 @@ def _deliver(state: MessagingState, pending: list[PendingEvent]) -> None:
             )
     messages: list[tuple[str, list[Delivery]]] = []
     for event in pending:
-        deliveries, errors = broker.async_deliveries(
-            event.message, event.message_id, event.data, errors
-        )
+        deliveries = event.deliveries
+        if deliveries is None:
+            deliveries, errors = broker.async_deliveries(
+                event.message, event.message_id, event.data, errors
+            )
         messages.append((event.message_id, deliveries))
     jobs = state.jobs
     if isinstance(jobs, InlineJobs):
@@ -284,11 +323,12 @@ def _deliver(state: MessagingState, pending: list[PendingEvent]) -> None:
         except Exception:
             logger.warning(
                 "Could not enqueue %d committed message(s) (%s); they wait in the"
-                " outbox for 'flask messaging relay'.",
+                " outbox for 'flask messaging relay' (or a worker's relay).",
                 len(messages),
                 ", ".join(m for m, _ in messages),
                 exc_info=True,
             )
+            _make_due(state, [m for m, _ in messages])
     else:
         deliveries = [d for _, ds in messages for d in ds]
         if deliveries:
@@ -304,3 +344,17 @@ def _deliver(state: MessagingState, pending: list[PendingEvent]) -> None:
                 )
     if errors:
         raise_failures(type(pending[0].message).__message_name__, errors)
+
+
+def _make_due(state: MessagingState, message_ids: list[str]) -> None:
+    # Nobody else will enqueue these rows: a relay need not leave them to
+    # this process for MESSAGING_RELAY_DELAY.
+    try:
+        make_due(state, message_ids)
+    except Exception:
+        logger.warning(
+            "Could not mark %d outbox row(s) due at once; a relay takes them"
+            " after MESSAGING_RELAY_DELAY.",
+            len(message_ids),
+            exc_info=True,
+        )

@@ -749,7 +749,9 @@ def test_outbox_backlog_on_the_messaging_page(
             register_event(UserRegistered(user_id=user.id, email=user.email))
             db.session.commit()
         page = client.get("/rq/messaging/", headers=basic()).text
-        assert '<strong id="outbox-backlog">1</strong>' in page
+        # Enqueued at commit: not waiting for the relay, only for its mark.
+        assert '<strong id="outbox-waiting">0</strong>' in page
+        assert '<strong id="outbox-enqueued">1</strong>' in page
     finally:
         with app.app_context():
             db.session.remove()

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -16,7 +23,7 @@ from example_app import create_app
 from example_app.extensions import db
 from flask_messaging.extension import get_state
 
-from .conftest import flask_messaging_command
+from .conftest import ROOT, flask_messaging_command, free_port
 
 
 @pytest.fixture
@@ -28,6 +35,11 @@ def make_shop(tmp_path: Path) -> Iterator[Any]:
             {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'shop.db'}", **config}
         )
         apps.append(app)
+        if not get_state(app).is_embedded:
+            # With a real Redis the shop is several processes: its tables are
+            # created once, by the set-up command.
+            result = app.test_cli_runner().invoke(args=["init-db"])
+            assert result.exit_code == 0, result.output
         return app
 
     yield make
@@ -131,3 +143,99 @@ def test_forms_and_bad_input(make_shop: Any) -> None:
     )
     missing = client.post("/orders", data={}, follow_redirects=True)
     assert b"Choose a user and give a total." in missing.data
+
+
+def test_the_production_shape_creates_tables_once_then_starts_side_by_side(
+    postgres_url: str, real_redis_url: str
+) -> None:
+    # As docs/getting-started.md shows it: an empty PostgreSQL database, the
+    # tables created by one command, then the web app and a worker (which
+    # also relays) started at once. No process but init-db creates tables,
+    # so none races another on them.
+    env = {
+        "DATABASE_URL": postgres_url,
+        "MESSAGING_REDIS_URL": real_redis_url,
+        "SECRET_KEY": "production-shape test key",
+    }
+    app = create_app({"SQLALCHEMY_DATABASE_URI": postgres_url})
+    with app.app_context():
+        db.drop_all()
+        assert sa.inspect(db.engine).get_table_names() == []
+        db.engine.dispose()
+    try:
+        app = create_app(
+            {
+                "SQLALCHEMY_DATABASE_URI": postgres_url,
+                "MESSAGING_REDIS_URL": real_redis_url,
+            }
+        )
+        with app.app_context():
+            assert sa.inspect(db.engine).get_table_names() == []  # untouched
+            db.engine.dispose()
+        init = flask_app_command("init-db", env=env)
+        assert init.wait(60) == 0
+        port = free_port()
+        processes = [
+            flask_app_command("run", "--port", str(port), env=env),
+            flask_messaging_command(
+                "example_app",
+                "worker",
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            ),
+        ]
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_until(lambda: http(f"{base}/api/activity") is not None)
+            created = http(
+                f"{base}/api/users", {"email": "ada@example.com", "name": "Ada"}
+            )
+            assert created is not None and created["id"] == 1
+            wait_until(
+                lambda: (http(f"{base}/api/activity") or {}).get("welcome_emails")
+            )
+            for process in processes:
+                assert process.poll() is None
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+                process.communicate(timeout=60)
+    finally:
+        with app.app_context():
+            db.drop_all()
+            db.engine.dispose()
+        get_state(app).redis.close()
+
+
+def flask_app_command(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "example_app", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def http(url: str, payload: dict[str, Any] | None = None) -> Any:
+    """GET (or POST ``payload`` as JSON) and decode the answer; None if down."""
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, ConnectionError):
+        return None
+
+
+def wait_until(condition: Callable[[], object]) -> None:
+    # Waits for the processes, does not time them: the bound only ends a run
+    # that would otherwise hang.
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.1)

@@ -49,6 +49,8 @@ FLEET = {
             "2",
             "--logging-level",
             "WARNING",
+            # The two relays below are the ones counted: workers leave it.
+            "--no-relay",
         )
         for n in range(2)
     },

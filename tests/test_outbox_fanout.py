@@ -1,0 +1,239 @@
+"""The fan-out is decided at commit and stored with the outbox row.
+
+A relay delivers exactly the stored list of subscribers; a relay that does not
+know one of them (older code) leaves the row pending and backs off; rows
+written before the list was stored are still relayed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from redis import Redis
+
+from flask_messaging.extension import get_state
+from flask_messaging.outbox import RELAYED_KEY, Relay
+from flask_messaging.queue_names import LOW_PRIORITY
+
+from .conftest import RedisServer, flask_messaging_command
+from .skew_app import ARCHIVE_KEY
+from .skew_app import create_app as create_skew_app
+from .test_outbox import _quiet, outbox_rows, queued, register_users
+from .tx_app import User, UserRegistered, db
+from .worker_app import handled
+
+WELCOME_KEY = "tests.tx_app:welcome"
+
+_apps: list[Flask] = []
+
+
+def make(database_url: str, redis_url: str, **config: object) -> Flask:
+    app = create_skew_app(
+        SQLALCHEMY_DATABASE_URI=database_url, MESSAGING_REDIS_URL=redis_url, **config
+    )
+    with app.app_context():
+        db.drop_all()
+        db.create_all()
+    _apps.append(app)
+    return app
+
+
+@pytest.fixture(autouse=True)
+def cleanup() -> Iterator[None]:
+    yield
+    while _apps:
+        app = _apps.pop()
+        with app.app_context():
+            db.session.remove()
+            db.drop_all()
+            db.engine.dispose()
+        state = get_state(app)
+        if "redis" in state.__dict__:
+            state.redis.close()
+
+
+def run(
+    database_url: str, redis_url: str, *args: str, newer: bool
+) -> subprocess.CompletedProcess[str]:
+    """``flask messaging ARGS`` on the newer or the older version of the app."""
+    process = flask_messaging_command(
+        "tests.skew_app:create_app",
+        *args,
+        env={
+            "DATABASE_URL": database_url,
+            "MESSAGING_REDIS_URL": redis_url,
+            "SKEW_APP_NEWER": "1" if newer else "0",
+            "FLASK_MESSAGING_RELAY_DELAY": "10",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def make_all_due() -> None:
+    """Let time pass for the relay: every pending row is due now."""
+    table = get_state().outbox
+    db.session.execute(
+        table.update()
+        .where(table.c.relayed_at.is_(None))
+        .values(available_at=datetime.datetime(2000, 1, 1))
+    )
+    db.session.commit()
+
+
+def test_an_older_relay_leaves_a_row_with_a_subscriber_it_lacks(
+    postgres_url: str,
+    private_redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Newer code commits while Redis is down; an older relay runs first; then
+    # the newer relay and a worker. The new subscriber must get the event.
+    monkeypatch.setenv("SKEW_APP_NEWER", "1")
+    app = make(postgres_url, private_redis.url, MESSAGING_RELAY_DELAY=10)
+    private_redis.stop()
+    with app.app_context():
+        with _quiet():
+            register_users(1)
+        db.session.remove()
+    private_redis.start()
+
+    older = run(postgres_url, private_redis.url, "relay", "--once", newer=False)
+    assert older.returncode == 0, older.stderr
+    assert "Relayed 0 message(s)." in older.stdout
+    assert "1 backing off after failed attempts" in older.stdout
+    assert f"{ARCHIVE_KEY!r} of 'tests.tx.user_registered' is unknown" in older.stdout
+    assert "Next due in" in older.stdout
+    redis = Redis.from_url(private_redis.url)
+    assert queued(redis) == 0  # not even the subscriber it knows: all or nothing
+    with app.app_context():
+        (row,) = outbox_rows()
+        assert row.relayed_at is None and row.attempts == 1
+        assert ARCHIVE_KEY in row.last_error
+        make_all_due()
+
+    newer = run(postgres_url, private_redis.url, "relay", "--once", newer=True)
+    assert newer.returncode == 0, newer.stderr
+    assert "Relayed 1 message(s)." in newer.stdout
+    worker = run(
+        postgres_url, private_redis.url, "worker", "--burst", "--no-relay", newer=True
+    )
+    assert worker.returncode == 0, worker.stderr
+    assert sorted(e["handler"] for e in handled(redis)) == ["archive", "welcome"]
+    redis.close()
+
+
+def test_the_relay_delivers_the_stored_list_not_its_own_predicates(
+    database_url: str, private_redis: RedisServer
+) -> None:
+    wanted: list[int] = [1]
+    app = make(database_url, private_redis.url)
+    with app.app_context():
+        get_state().broker.subscribe_async(
+            UserRegistered,
+            record_picky,
+            queue_name=LOW_PRIORITY,
+            predicate=lambda event: event.user_id in wanted,
+            name="tests.picky",
+        )
+        private_redis.stop()
+        with _quiet():
+            register_users(2)  # users 1 and 2: only 1 passes at commit
+        rows = outbox_rows()
+        assert [sorted(json.loads(r.subscribers)) for r in rows] == [
+            sorted([WELCOME_KEY, "tests.picky"]),
+            [WELCOME_KEY],
+        ]
+        wanted[:] = [2]  # the predicate now says the opposite
+        private_redis.start()
+        assert Relay(get_state()).run_once() == 2
+        jobs = get_state().redis.lrange(f"rq:queue:{LOW_PRIORITY}", 0, -1)
+        picky = [j for j in jobs if rows[0].message_id.encode() in j]
+        assert len(jobs) == 3 and len(picky) == 2
+
+
+def record_picky(event: UserRegistered) -> None:
+    """Never run here: the test counts the jobs."""
+
+
+def test_rows_written_without_a_stored_list_are_relayed_to_this_apps_subscribers(
+    database_url: str, private_redis: RedisServer
+) -> None:
+    # Rows committed by a version before the fan-out was stored have NULL.
+    app = make(database_url, private_redis.url)
+    private_redis.stop()
+    with app.app_context():
+        with _quiet():
+            register_users(1)
+        table = get_state().outbox
+        db.session.execute(table.update().values(subscribers=None))
+        db.session.commit()
+        private_redis.start()
+        assert Relay(get_state()).run_once() == 1
+        assert queued(get_state().redis) == 1  # welcome, this app's subscriber
+        assert outbox_rows()[0].relayed_at is not None
+
+
+def test_a_failed_enqueue_at_commit_makes_its_rows_due_at_once(
+    database_url: str, private_redis: RedisServer
+) -> None:
+    app = make(database_url, private_redis.url, MESSAGING_RELAY_DELAY=3600)
+    with app.app_context():
+        register_users(1)  # enqueued at commit: left to this process
+        private_redis.stop()
+        with _quiet():
+            register_users(1, start=1)
+        enqueued, failed = outbox_rows()
+        assert enqueued.available_at > enqueued.created_at
+        assert failed.available_at <= datetime.datetime.now(datetime.UTC).replace(
+            tzinfo=None
+        )
+        private_redis.start()
+        get_state().redis.delete(RELAYED_KEY)  # this Redis lost its data too
+        relay = Relay(get_state())
+        assert relay.run_once() == 1
+        deferred = relay.deferred()
+        assert (deferred.not_yet_due, deferred.backing_off) == (1, 0)
+        assert deferred.next_due_at == enqueued.available_at
+
+
+def test_a_table_without_the_subscribers_column_gets_the_migration_to_run(
+    database_url: str, real_redis_url: str
+) -> None:
+    app = make(database_url, real_redis_url)
+    with app.app_context():
+        table = get_state().outbox
+        with db.engine.begin() as connection:
+            connection.execute(
+                sa.text(f"ALTER TABLE {table.name} DROP COLUMN subscribers")
+            )
+        with pytest.raises(RuntimeError) as error:
+            Relay(get_state())
+        assert "lacks the column(s) subscribers" in str(error.value)
+        assert f"ALTER TABLE {table.name} ADD COLUMN subscribers TEXT" in str(
+            error.value
+        )
+        # The committing process: the same error, and nothing committed.
+        with pytest.raises(RuntimeError, match="ADD COLUMN subscribers"):
+            register_users(1)
+        db.session.rollback()
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(User)) == 0
+
+
+def test_a_commit_without_the_outbox_table_says_how_to_create_it(
+    database_url: str, real_redis_url: str
+) -> None:
+    app = make(database_url, real_redis_url)
+    with app.app_context():
+        get_state().outbox.drop(db.engine)
+        with pytest.raises(RuntimeError, match="does not exist: create it once"):
+            register_users(1)
+        db.session.rollback()
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(User)) == 0
