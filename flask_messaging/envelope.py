@@ -19,12 +19,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 
 from .errors import MessageDecodeError, MessageEncodeError
-from .message import Message, message_type_by_name, validate_message_class
+from .message import Message, message_type_by_name, payload_codec
 
 __all__ = ["Encoded", "Envelope", "current_envelope", "decode", "encode"]
 
@@ -47,7 +47,6 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(Envelope)
-_payload_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
 _current: contextvars.ContextVar[Envelope | None] = contextvars.ContextVar(
     "flask_messaging_envelope", default=None
 )
@@ -116,23 +115,17 @@ def handling(envelope: Envelope) -> Iterator[None]:
 def encode(message: Message, *, max_bytes: int | None = None) -> Encoded:
     """Encode ``message`` in a new envelope, checking it decodes back.
 
-    :raises TypeError: the class cannot be sent (not a frozen dataclass, or a
-        field type the codec does not carry).
-    :raises MessageEncodeError: a field value cannot be encoded or would not
-        decode back into the class (a wrong type, NaN for a float, ...), or the
-        result is larger than ``max_bytes``.
+    :raises TypeError: the class cannot be sent (not a frozen dataclass, a
+        field type the codec does not carry, or defined inside a function
+        without ``name=``).
+    :raises MessageEncodeError: a field value cannot be encoded, would not
+        decode back into the class (a wrong type, NaN for a float, ...), would
+        decode to a different value (a tuple in an ``Any`` field arrives as a
+        list), nests deeper than :data:`~flask_messaging.payload.MAX_DEPTH`, or
+        the result is larger than ``max_bytes``.
     """
     cls = type(message)
-    validate_message_class(cls)
-    try:
-        payload = _encoder.encode(message)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise MessageEncodeError(
-            f"{cls.__message_name__}: cannot encode the message: {exc}."
-        ) from exc
-    # A message whose values do not match its annotations would be refused by
-    # every worker: refuse it here, where the caller can still react.
-    _decode_payload(cls, payload, error=MessageEncodeError)
+    payload = payload_codec(cls).encode(message)
     cause = _current.get()
     message_id = new_message_id()
     data = _encoder.encode(
@@ -158,7 +151,8 @@ def encode(message: Message, *, max_bytes: int | None = None) -> Encoded:
 def decode_envelope(data: bytes | str) -> Envelope:
     try:
         return _envelope_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
+        # Nothing we encode nests that deep (MAX_DEPTH): refuse, never crash.
         raise MessageDecodeError(f"Malformed message envelope: {exc}.") from exc
 
 
@@ -170,25 +164,11 @@ def decode(envelope: Envelope) -> Message:
             f"Unknown message type {envelope.type!r}: no Message subclass of that"
             " name is imported in this process (is the worker running older code?)."
         )
-    return _decode_payload(cls, envelope.payload, error=MessageDecodeError)
+    message: Message = payload_codec(cls).decode(envelope.payload)
+    return message
 
 
 def round_trip(message: Message) -> tuple[Envelope, Message]:
     """Encode then decode ``message``, as a worker would receive it."""
     envelope = decode_envelope(encode(message).data)
     return envelope, decode(envelope)
-
-
-def _decode_payload(
-    cls: type[Message], payload: bytes, error: type[Exception]
-) -> Message:
-    decoder = _payload_decoders.get(cls)
-    if decoder is None:
-        decoder = _payload_decoders[cls] = msgspec.json.Decoder(cls)
-    try:
-        message: Message = decoder.decode(payload)
-    except msgspec.ValidationError as exc:
-        raise error(f"{cls.__message_name__}: invalid field value: {exc}.") from exc
-    except msgspec.DecodeError as exc:
-        raise error(f"{cls.__message_name__}: malformed payload: {exc}.") from exc
-    return message
