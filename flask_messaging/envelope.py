@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import os
 import random
 import threading
 import time
@@ -59,34 +60,57 @@ class Encoded(NamedTuple):
     data: bytes
 
 
-# Ids need uniqueness, not secrecy; the random module reseeds after fork.
+# Every publish pays for these lookups: bound once. A NamedTuple's own
+# ``__new__`` is Python code, twice the cost of building the tuple directly.
+_new_tuple = tuple.__new__
+_now = datetime.datetime.now
+_UTC = datetime.UTC
+
+
+# Ids need uniqueness, not secrecy. Within a millisecond a process shares its
+# random tail and counts up: the id's text is then two joins, not a 128-bit
+# integer built and formatted (about 0.3 us instead of 0.7 us).
 _random_bits = random.getrandbits
+_time_ns = time.time_ns
+_HEX3 = [f"{n:03x}" for n in range(0x1000)]
+_id_lock = threading.Lock()
 _last_ms = 0
 _sequence = 0
-_id_lock = threading.Lock()
+_head = ""  # the millisecond and the version digit
+_tail = ""  # the variant and 62 random bits
+
+
+def _forget_millisecond() -> None:
+    # A forked child must not continue its parent's sequence and tail.
+    global _last_ms
+    _last_ms = 0
+
+
+os.register_at_fork(after_in_child=_forget_millisecond)
 
 
 def new_message_id() -> str:
     """A new message id: 32 hex digits of a UUIDv7 (RFC 9562).
 
     Ids start with the millisecond they were made in, so a table keyed by them
-    (the outbox) is appended to in order; a per-process counter keeps ids of
-    one process increasing within a millisecond.
+    (the outbox) is appended to in order; a per-process counter (12 bits, from
+    a random start each millisecond) keeps ids of one process increasing
+    within a millisecond, and 62 random bits drawn each millisecond (and in a
+    forked child) keep processes apart.
     """
-    global _last_ms, _sequence
+    global _last_ms, _sequence, _head, _tail
     with _id_lock:
-        ms = time.time_ns() // 1_000_000
+        ms = _time_ns() // 1_000_000
         if ms > _last_ms:
             _last_ms, _sequence = ms, _random_bits(9)
+            _head = f"{ms:012x}7"
+            _tail = f"{_random_bits(62) | 0x8000000000000000:016x}"
         else:  # same millisecond, or the clock went back: keep increasing
             _sequence += 1
             if _sequence > 0xFFF:
                 _last_ms, _sequence = _last_ms + 1, 0
-            ms = _last_ms
-        sequence = _sequence
-    rand_b = _random_bits(62)
-    value = (ms << 80) | (0x7 << 76) | (sequence << 64) | (0b10 << 62) | rand_b
-    return f"{value:032x}"
+                _head = f"{_last_ms:012x}7"
+        return _head + _HEX3[_sequence] + _tail
 
 
 def current_envelope() -> Envelope | None:
@@ -133,7 +157,7 @@ def encode(message: Message, *, max_bytes: int | None = None) -> Encoded:
             id=message_id,
             type=cls.__message_name__,
             version=cls.__message_version__,
-            occurred_at=datetime.datetime.now(datetime.UTC),
+            occurred_at=_now(_UTC),
             correlation_id=(cause.correlation_id or cause.id) if cause else message_id,
             causation_id=cause.id if cause else None,
             payload=msgspec.Raw(payload),
@@ -145,7 +169,7 @@ def encode(message: Message, *, max_bytes: int | None = None) -> Encoded:
             f" over MESSAGING_MAX_MESSAGE_BYTES ({max_bytes:,}); send a reference"
             " (an id or a URL) instead of the data, or raise the limit."
         )
-    return Encoded(message_id, data)
+    return _new_tuple(Encoded, (message_id, data))
 
 
 def decode_envelope(data: bytes | str) -> Envelope:

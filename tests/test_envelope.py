@@ -5,7 +5,9 @@ import datetime
 import decimal
 import enum
 import json
+import os
 import uuid
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -308,3 +310,39 @@ def test_too_deep_data_from_elsewhere_is_a_decode_error() -> None:
         codec.decode_envelope(data)
     with pytest.raises(MessageDecodeError, match="tests.loose: malformed payload"):
         payload_codec(Loose).decode(b'{"data":{"k":%s}}' % deep)
+
+
+def test_ids_keep_increasing_within_one_millisecond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(codec, "_time_ns", lambda: 1_800_000_000_000_000_000)
+    ids = [codec.new_message_id() for _ in range(10_000)]  # past the 12-bit counter
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and i[12] == "7" and i[16] in "89ab" for i in ids)
+
+
+def test_a_forked_child_does_not_repeat_its_parents_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Both sides in the same millisecond: only fresh random bits keep them apart.
+    monkeypatch.setattr(codec, "_time_ns", lambda: 1_800_000_000_000_000_000)
+    codec.new_message_id()
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(
+                write, " ".join(codec.new_message_id() for _ in range(50)).encode()
+            )
+        finally:
+            os._exit(0)
+    os.close(write)
+    parent = {codec.new_message_id() for _ in range(50)}
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    assert len(child) == 50
+    assert not parent & child
