@@ -33,7 +33,8 @@ class Message:
 
     :param name: the stable name carried on the wire; defaults to the module and
         qualified name of the class. Give one explicitly to move or rename the
-        class without breaking jobs already queued.
+        class without breaking jobs already queued; a class defined inside a
+        function needs one to be sent at all.
     :param version: the schema version carried on the wire.
 
     ``Message`` itself and intermediate classes that are not dataclasses may be

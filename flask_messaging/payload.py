@@ -97,7 +97,7 @@ class PayloadCodec:
             ) from exc
         except TypeError as exc:
             raise TypeError(_refusal(cls, where, exc)) from exc
-        assert isinstance(info, mi.DataclassType)
+        info = typing.cast(mi.DataclassType, info)
         #: Fields whose values need a look before encoding: those that may hold
         #: any JSON value, or nest without a bound.
         self._walked: list[tuple[str, mi.Type]] = []
@@ -130,18 +130,23 @@ class PayloadCodec:
                 ) from None
         try:
             payload = _encoder.encode(message)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise MessageEncodeError(
-                f"{self.name}: cannot encode the message: {exc}."
-            ) from exc
-        # What a worker would receive: a message whose values do not match its
-        # annotations, or would change on the way, is refused here, where the
-        # caller can still react.
-        try:
+            # What a worker would receive: a message whose values do not match
+            # its annotations, or would change on the way, is refused here,
+            # where the caller can still react.
             received = self._decoder.decode(payload)
         except msgspec.ValidationError as exc:
             raise MessageEncodeError(
                 f"{self.name}: invalid field value: {exc}."
+            ) from exc
+        except RecursionError:
+            # Only a value that is not of its field's (bounded) type gets here.
+            raise MessageEncodeError(
+                f"{self.name}: a value nests deeper than {MAX_DEPTH} levels; flatten"
+                " it or send a reference to the data."
+            ) from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise MessageEncodeError(
+                f"{self.name}: cannot encode the message: {exc}."
             ) from exc
         try:
             same = received == message

@@ -346,3 +346,11 @@ def test_a_forked_child_does_not_repeat_its_parents_ids(
     os.waitpid(pid, 0)
     assert len(child) == 50
     assert not parent & child
+
+
+@pytest.mark.parametrize("levels", [900, 5000])
+def test_deep_value_in_a_field_of_bounded_type_is_refused_with_our_error(
+    levels: int,
+) -> None:
+    with pytest.raises(MessageEncodeError, match="tests.typed: "):
+        codec.encode(Typed(numbers=nested_lists(levels)))
