@@ -304,11 +304,7 @@ def _walk(tp: mi.Type, value: object, depth: int, path: str) -> None:
             loose_keys = isinstance(tp.key_type, mi.AnyType)
             for key, item in value.items():
                 if loose_keys and type(key) is not str:
-                    raise _Refused(
-                        path,
-                        f"the key {key!r:.100} would arrive as the string"
-                        f" {_arriving_key(key)!r:.100}; {_JSON_VALUES}",
-                    )
+                    raise _Refused(path, _key_reason(key))
                 _walk(tp.value_type, item, depth + 1, f"{path}[{key!r:.40}]")
     elif isinstance(tp, _OBJECT_TYPES):
         if isinstance(value, tp.cls):
@@ -345,17 +341,10 @@ def _walk_json(value: object, depth: int, path: str) -> None:
         _check_depth(depth, path)
         for key, item in value.items():
             if type(key) is not str:
-                raise _Refused(
-                    path,
-                    f"the key {key!r:.100} would arrive as the string"
-                    f" {_arriving_key(key)!r:.100}; {_JSON_VALUES}",
-                )
+                raise _Refused(path, _key_reason(key))
             _walk_json(item, depth + 1, f"{path}[{key!r:.40}]")
         return
-    arriving = _arriving(value)
-    raise _Refused(
-        path, f"{value!r:.100} would arrive as {arriving!r:.100}; {_JSON_VALUES}"
-    )
+    raise _Refused(path, _value_reason(value))
 
 
 def _check_depth(depth: int, path: str) -> None:
@@ -368,19 +357,25 @@ def _check_depth(depth: int, path: str) -> None:
         )
 
 
-def _arriving(value: object) -> object:
-    """What a worker would make of ``value`` in a position typed ``Any``."""
+def _value_reason(value: object) -> str:
+    """Why ``value`` cannot stand in a position typed ``Any``."""
     try:
-        return msgspec.json.decode(_encoder.encode(value))
-    except Exception:
-        return "(nothing: it cannot be encoded)"
+        arriving = msgspec.json.decode(_encoder.encode(value))
+    except Exception as exc:
+        return f"{value!r:.100} cannot be encoded ({exc}); {_JSON_VALUES}"
+    return f"{value!r:.100} would arrive as {arriving!r:.100}; {_JSON_VALUES}"
 
 
-def _arriving_key(key: object) -> object:
+def _key_reason(key: object) -> str:
+    """Why ``key`` cannot be a key in a position typed ``Any``."""
     try:
-        return next(iter(msgspec.json.decode(_encoder.encode({key: None}))))
-    except Exception:
-        return "(nothing: it cannot be encoded)"
+        arriving = next(iter(msgspec.json.decode(_encoder.encode({key: None}))))
+    except Exception as exc:
+        return f"the key {key!r:.100} cannot be encoded ({exc}); {_JSON_VALUES}"
+    return (
+        f"the key {key!r:.100} would arrive as the string {arriving!r:.100};"
+        f" {_JSON_VALUES}"
+    )
 
 
 def _short(path: str) -> str:
