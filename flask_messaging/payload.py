@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
+import marshal
 import math
 import typing
 from typing import Any
@@ -56,7 +57,7 @@ _UNION_MEMBER_VALUES: dict[type, type | tuple[type, ...]] = {
     mi.DictType: dict,
     mi.TypedDictType: dict,
 }
-_JSON_SCALARS = (str, int, bool, type(None))
+_JSON_SCALARS = frozenset({str, int, bool, type(None)})
 _JSON_VALUES = (
     "fields typed Any, object, or a bare dict or list carry JSON values only: str,"
     " int, finite float, bool, None, and lists and dicts with str keys of these"
@@ -65,12 +66,24 @@ _encoder = msgspec.json.Encoder()
 
 
 class _Refused(Exception):
-    """A value that cannot travel: where it is and why."""
+    """A value that cannot travel: why, and where (filled in on the way out).
 
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(path, reason)
-        self.path = path
+    The walk builds no path while it succeeds; each level it leaves through
+    this exception adds its own step, so only a refusal pays for the path.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
         self.reason = reason
+        self.steps: list[str] = []
+
+    def at(self, step: str) -> _Refused:
+        self.steps.append(step)
+        return self
+
+    @property
+    def path(self) -> str:
+        return "".join(reversed(self.steps))
 
 
 class PayloadCodec:
@@ -98,16 +111,22 @@ class PayloadCodec:
         except TypeError as exc:
             raise TypeError(_refusal(cls, where, exc)) from exc
         info = typing.cast(mi.DataclassType, info)
-        #: Fields whose values need a look before encoding: those that may hold
-        #: any JSON value, or nest without a bound.
+        #: Fields whose values may need a look: those that may hold any JSON
+        #: value, or nest without a bound.
         self._walked: list[tuple[str, mi.Type]] = []
+        #: Of those, the ones that hold nothing but JSON values (``Any``, a
+        #: bare ``dict`` or ``list``, ``dict[str, Any]``, ...).
+        self._json_only: list[str] = []
         deepest = 0
         for field in info.fields:
             depth = _check_type(field.type, f"{where}.{field.name}", set())
             if depth is None:
                 self._walked.append((field.name, field.type))
+                if _json_only(field.type):
+                    self._json_only.append(field.name)
             else:
                 deepest = max(deepest, depth)
+        self._walk_always = len(self._json_only) < len(self._walked)
         if 1 + deepest > MAX_DEPTH:
             raise TypeError(
                 f"{where}: its field types nest {1 + deepest} levels deep, over the"
@@ -121,13 +140,6 @@ class PayloadCodec:
             decode differently (named by its field path), or nesting over
             :data:`MAX_DEPTH`; nothing is sent.
         """
-        for name, tp in self._walked:
-            try:
-                _walk(tp, getattr(message, name), 2, name)
-            except _Refused as refused:
-                raise MessageEncodeError(
-                    f"{self.name}: field {_short(refused.path)}: {refused.reason}."
-                ) from None
         try:
             payload = _encoder.encode(message)
             # What a worker would receive: a message whose values do not match
@@ -139,12 +151,13 @@ class PayloadCodec:
                 f"{self.name}: invalid field value: {exc}."
             ) from exc
         except RecursionError:
-            # Only a value that is not of its field's (bounded) type gets here.
+            self._walk(message)  # names the field, when it is one we bound
             raise MessageEncodeError(
                 f"{self.name}: a value nests deeper than {MAX_DEPTH} levels; flatten"
                 " it or send a reference to the data."
             ) from None
         except (TypeError, ValueError, OverflowError) as exc:
+            self._walk(message)
             raise MessageEncodeError(
                 f"{self.name}: cannot encode the message: {exc}."
             ) from exc
@@ -152,6 +165,10 @@ class PayloadCodec:
             same = received == message
         except Exception:  # a signalling Decimal NaN refuses ``==``
             same = False
+        if self._walked and (
+            not same or self._walk_always or not self._plain_json(message, payload)
+        ):
+            self._walk(message)
         if not same:
             difference = _difference(message, received, "")
             if difference is not None:
@@ -162,6 +179,34 @@ class PayloadCodec:
                     " of the field's declared type that JSON carries exactly."
                 )
         return payload
+
+    def _plain_json(self, message: object, payload: bytes) -> bool:
+        """Whether the JSON-only fields are surely exact and shallow, in C.
+
+        ``==`` already held, so only a subclass (a ``StrEnum`` member, an
+        ``OrderedDict``) could still differ in type: :mod:`marshal` writes
+        builtin types and refuses their subclasses. Nesting is at most the
+        number of opening brackets; a payload with more is walked instead.
+        """
+        if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH:
+            return False
+        try:
+            for name in self._json_only:
+                marshal.dumps(getattr(message, name), 2)  # 2: no references, faster
+        except ValueError:
+            return False
+        return True
+
+    def _walk(self, message: object) -> None:
+        """Raise a refusal naming the value of a walked field that cannot travel."""
+        for name, tp in self._walked:
+            try:
+                _walk(tp, getattr(message, name), 2)
+            except _Refused as refused:
+                refused.at(name)
+                raise MessageEncodeError(
+                    f"{self.name}: field {_short(refused.path)}: {refused.reason}."
+                ) from None
 
     def decode(self, payload: bytes) -> Any:
         """Return the message a payload carries, validated against the class.
@@ -268,6 +313,22 @@ def _check_type(tp: mi.Type, where: str, open_: set[int]) -> int | None:
     return 0
 
 
+def _json_only(tp: mi.Type) -> bool:
+    """Whether every value in ``tp`` decodes as plain JSON (never converted)."""
+    if isinstance(tp, mi.AnyType) or (
+        isinstance(tp, mi.CustomType) and tp.cls is object
+    ):
+        return True
+    if isinstance(tp, mi.ListType):
+        return _json_only(tp.item_type)
+    if isinstance(tp, mi.DictType):
+        # A ``str`` subclass key would be converted: marshal refuses it, and
+        # the walk then decides.
+        keys = tp.key_type
+        return isinstance(keys, (mi.AnyType, mi.StrType)) and _json_only(tp.value_type)
+    return False
+
+
 def _deepest(depths: list[int | None], own: int) -> int | None:
     if any(depth is None for depth in depths):
         return None
@@ -278,82 +339,100 @@ def _type_name(tp: mi.Type) -> str:
     return type(tp).__name__.removesuffix("Type").lower()
 
 
-def _walk(tp: mi.Type, value: object, depth: int, path: str) -> None:
+def _walk(tp: mi.Type, value: object, depth: int) -> None:
     """Look at a value the codec could not bound: depth, and JSON-only positions."""
     if isinstance(tp, (mi.AnyType, mi.CustomType)):
-        _walk_json(value, depth, path)
+        _walk_json(value, depth)
     elif isinstance(tp, mi.UnionType):
         member = _union_member(tp, value)
         if member is not None:
-            _walk(member, value, depth, path)
+            _walk(member, value, depth)
     elif isinstance(tp, _SEQUENCE_TYPES):
         if isinstance(value, (list, tuple, set, frozenset)):
-            _check_depth(depth, path)
+            _check_depth(depth)
             for index, item in enumerate(value):
-                _walk(tp.item_type, item, depth + 1, f"{path}[{index}]")
+                try:
+                    _walk(tp.item_type, item, depth + 1)
+                except _Refused as refused:
+                    raise refused.at(f"[{index}]") from None
     elif isinstance(tp, mi.TupleType):
         if isinstance(value, tuple):
-            _check_depth(depth, path)
-            for index, (item_type, item) in enumerate(
-                zip(tp.item_types, value, strict=False)
-            ):
-                _walk(item_type, item, depth + 1, f"{path}[{index}]")
+            _check_depth(depth)
+            pairs = zip(tp.item_types, value, strict=False)
+            for index, (item_type, item) in enumerate(pairs):
+                try:
+                    _walk(item_type, item, depth + 1)
+                except _Refused as refused:
+                    raise refused.at(f"[{index}]") from None
     elif isinstance(tp, mi.DictType):
         if isinstance(value, dict):
-            _check_depth(depth, path)
+            _check_depth(depth)
             loose_keys = isinstance(tp.key_type, mi.AnyType)
             for key, item in value.items():
                 if loose_keys and type(key) is not str:
-                    raise _Refused(path, _key_reason(key))
-                _walk(tp.value_type, item, depth + 1, f"{path}[{key!r:.40}]")
+                    raise _Refused(_key_reason(key))
+                try:
+                    _walk(tp.value_type, item, depth + 1)
+                except _Refused as refused:
+                    raise refused.at(f"[{key!r:.40}]") from None
     elif isinstance(tp, _OBJECT_TYPES):
         if isinstance(value, tp.cls):
-            _check_depth(depth, path)
+            _check_depth(depth)
             for field in tp.fields:
-                item = getattr(value, field.name, None)
-                _walk(field.type, item, depth + 1, f"{path}.{field.name}")
+                try:
+                    _walk(field.type, getattr(value, field.name, None), depth + 1)
+                except _Refused as refused:
+                    raise refused.at(f".{field.name}") from None
     elif isinstance(tp, mi.TypedDictType):
         if isinstance(value, dict):
-            _check_depth(depth, path)
+            _check_depth(depth)
             for field in tp.fields:
-                item = value.get(field.name)
-                _walk(field.type, item, depth + 1, f"{path}[{field.name!r}]")
+                try:
+                    _walk(field.type, value.get(field.name), depth + 1)
+                except _Refused as refused:
+                    raise refused.at(f"[{field.name!r}]") from None
 
 
-def _walk_json(value: object, depth: int, path: str) -> None:
+def _walk_json(value: Any, depth: int) -> None:
     kind = type(value)
     if kind in _JSON_SCALARS:
         return
-    if isinstance(value, float) and kind is float:
+    if kind is float:
         if not math.isfinite(value):
             raise _Refused(
-                path,
                 f"{value!r} would arrive as None (JSON has no NaN or infinity);"
-                f" {_JSON_VALUES}",
+                f" {_JSON_VALUES}"
             )
         return
-    if isinstance(value, list) and kind is list:
-        _check_depth(depth, path)
+    if kind is list:
+        if depth > MAX_DEPTH:
+            _check_depth(depth)
         for index, item in enumerate(value):
-            _walk_json(item, depth + 1, f"{path}[{index}]")
+            try:
+                _walk_json(item, depth + 1)
+            except _Refused as refused:
+                raise refused.at(f"[{index}]") from None
         return
-    if isinstance(value, dict) and kind is dict:
-        _check_depth(depth, path)
+    if kind is dict:
+        if depth > MAX_DEPTH:
+            _check_depth(depth)
         for key, item in value.items():
             if type(key) is not str:
-                raise _Refused(path, _key_reason(key))
-            _walk_json(item, depth + 1, f"{path}[{key!r:.40}]")
+                raise _Refused(_key_reason(key))
+            try:
+                _walk_json(item, depth + 1)
+            except _Refused as refused:
+                raise refused.at(f"[{key!r:.40}]") from None
         return
-    raise _Refused(path, _value_reason(value))
+    raise _Refused(_value_reason(value))
 
 
-def _check_depth(depth: int, path: str) -> None:
+def _check_depth(depth: int) -> None:
     if depth > MAX_DEPTH:
         raise _Refused(
-            path,
             f"the value nests deeper than {MAX_DEPTH} levels (lists, tuples, sets,"
             " dicts and dataclasses, the message being the first); flatten it or"
-            " send a reference to the data",
+            " send a reference to the data"
         )
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import decimal
@@ -209,9 +210,6 @@ def test_nan_and_infinity_are_refused_in_every_loose_position(
 
 def test_str_enum_in_an_any_field_is_refused_for_arriving_as_str() -> None:
     # Equal to its value, so only the type tells them apart.
-    class Level(enum.StrEnum):
-        HIGH = "high"
-
     with pytest.raises(MessageEncodeError, match="field anything: <Level.HIGH"):
         codec.encode(Loose({}, anything=Level.HIGH))
 
@@ -354,3 +352,20 @@ def test_deep_value_in_a_field_of_bounded_type_is_refused_with_our_error(
 ) -> None:
     with pytest.raises(MessageEncodeError, match="tests.typed: "):
         codec.encode(Typed(numbers=nested_lists(levels)))
+
+
+WIDE = {f"k{i}": {"tags": ["a", "b"], "n": i} for i in range(100)}  # 201 brackets
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["small", "over 64 brackets"])
+def test_any_fields_are_checked_for_exact_types_small_or_large(wide: bool) -> None:
+    base = dict(WIDE) if wide else {}
+    for odd in (collections.OrderedDict(a=1), {"k": Colour.RED}, ["x", Level.HIGH]):
+        with pytest.raises(MessageEncodeError, match=r"field data\['odd'\]"):
+            codec.encode(Loose({**base, "odd": odd}))
+    message = Loose({**base, "fine": [1, 2.5, "x", None, True, {"n": []}]})
+    assert codec.round_trip(message)[1] == message
+
+
+class Level(enum.StrEnum):
+    HIGH = "high"
