@@ -22,7 +22,7 @@ from . import envelope as codec
 from .dispatch import run_delivery
 from .errors import DeliveryError, raise_failures, record_failure
 from .jobs import Delivery
-from .message import Message, validate_message_class
+from .message import Message
 from .queue_names import DEFAULT_PRIORITY
 from .subscription import (
     Predicate,
@@ -261,7 +261,12 @@ class MemoryBroker(MessageBroker):
 
 
 class NullBroker(MessageBroker):
-    """Records published messages in :attr:`published` and delivers nothing."""
+    """Records published messages in :attr:`published` and delivers nothing.
+
+    Each message is still encoded and checked as for a real publish, so a
+    message no worker could receive fails here too (``TypeError`` or
+    :class:`~flask_messaging.errors.MessageEncodeError`), and is not recorded.
+    """
 
     def __init__(self, registry: SubscriptionRegistry | None = None) -> None:
         super().__init__(registry)
@@ -269,7 +274,7 @@ class NullBroker(MessageBroker):
         self.published: list[Message] = []
 
     def publish(self, message: Message) -> None:
-        validate_message_class(type(message))
+        codec.encode(message, max_bytes=self.max_message_bytes)
         self.published.append(message)
 
 

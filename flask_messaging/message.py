@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import decimal
-import enum
 import re
-import types
-import typing
-import uuid
 from typing import Any, ClassVar
 
-__all__ = ["Message", "message_type_by_name", "validate_message_class"]
+from .payload import PayloadCodec
+
+__all__ = [
+    "Message",
+    "message_type_by_name",
+    "payload_codec",
+    "validate_message_class",
+]
 
 #: Names and keys end up in job ids, descriptions and dashboards: keep them plain.
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:<>-]*$")
@@ -32,7 +33,8 @@ class Message:
 
     :param name: the stable name carried on the wire; defaults to the module and
         qualified name of the class. Give one explicitly to move or rename the
-        class without breaking jobs already queued.
+        class without breaking jobs already queued; a class defined inside a
+        function needs one to be sent at all.
     :param version: the schema version carried on the wire.
 
     ``Message`` itself and intermediate classes that are not dataclasses may be
@@ -97,38 +99,35 @@ def _dotted(cls: type) -> str:
 
 
 # --------------------------------------------------------------------------
-# Which classes may travel: checked once per class, then cached.
+# Which classes may travel: checked once per class, then cached with the codec.
 
-_SCALARS: frozenset[Any] = frozenset(
-    {
-        str,
-        int,
-        float,
-        bool,
-        type(None),
-        bytes,
-        datetime.datetime,
-        datetime.date,
-        datetime.time,
-        datetime.timedelta,
-        uuid.UUID,
-        decimal.Decimal,
-        Any,
-        object,
-    }
-)
-_SEQUENCES: frozenset[Any] = frozenset({list, tuple, frozenset})
-_validated: dict[type, None] = {}
+_codecs: dict[type, PayloadCodec] = {}
 
 
 def validate_message_class(cls: type) -> None:
     """Raise :class:`TypeError` unless instances of ``cls`` can be sent.
 
-    A sendable message is a frozen dataclass subclass of :class:`Message` whose
-    fields all have types the codec carries. The answer is cached per class.
+    A sendable message is a frozen dataclass subclass of :class:`Message` with
+    a stable name whose fields all have types the codec carries: msgspec
+    decides (see :class:`~flask_messaging.payload.PayloadCodec`). The answer,
+    and the codec built to reach it, are cached per class.
     """
-    if cls in _validated:
-        return
+    if cls not in _codecs:
+        _codecs[cls] = _build_codec(cls)
+
+
+def payload_codec(cls: type) -> PayloadCodec:
+    """The codec of a message class, checking the class the first time.
+
+    :raises TypeError: as :func:`validate_message_class`.
+    """
+    codec = _codecs.get(cls)
+    if codec is None:
+        codec = _codecs[cls] = _build_codec(cls)
+    return codec
+
+
+def _build_codec(cls: type) -> PayloadCodec:
     if not (isinstance(cls, type) and issubclass(cls, Message)):
         raise TypeError(
             f"{cls!r} is not a Message subclass; declare it as"
@@ -145,69 +144,13 @@ def validate_message_class(cls: type) -> None:
             f"{_dotted(cls)} is a mutable dataclass; messages are immutable:"
             " declare it with '@dataclass(frozen=True)'."
         )
-    _check_fields(cls, path=_dotted(cls), seen=set())
-    _validated[cls] = None
-
-
-def _check_fields(cls: type, path: str, seen: set[type]) -> None:
-    if cls in seen:  # a recursive structure: already being checked
-        return
-    seen.add(cls)
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception as exc:  # NameError for a forward reference that is missing
+    if "<locals>" in cls.__message_name__:
+        # A worker finds the class by this name among those it imported; a
+        # class made inside a function is not among them.
         raise TypeError(
-            f"{path}: cannot resolve the field annotations ({exc}); import every"
-            " type a message field names at module level."
-        ) from exc
-    for field in dataclasses.fields(cls):
-        _check_type(hints.get(field.name, Any), f"{path}.{field.name}", seen)
-
-
-def _check_type(tp: Any, where: str, seen: set[type]) -> None:
-    if tp in _SCALARS:
-        return
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is typing.Annotated:
-        _check_type(args[0], where, seen)
-        return
-    if origin in (typing.Union, types.UnionType, typing.Optional):
-        for arg in args:
-            _check_type(arg, where, seen)
-        return
-    if origin is typing.Literal:
-        return
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        _check_fields(tp, where, seen)
-        return
-    if tp in (dict,) or origin is dict:
-        if (
-            args
-            and args[0] is not str
-            and not (
-                isinstance(args[0], type) and issubclass(args[0], (str, enum.Enum))
-            )
-        ):
-            raise TypeError(
-                f"{where}: dict keys must be str (JSON object keys), not {args[0]!r}."
-            )
-        if args:
-            _check_type(args[1], where, seen)
-        return
-    if tp in _SEQUENCES or origin in _SEQUENCES:
-        for arg in args:
-            if arg is not Ellipsis:
-                _check_type(arg, where, seen)
-        return
-    if tp is set or origin is set:
-        raise TypeError(
-            f"{where}: 'set' is mutable and unordered; use 'frozenset' or 'tuple'."
+            f"{_dotted(cls)} is defined inside a function, so its default name"
+            f" {cls.__message_name__!r} means nothing to a worker: define it at"
+            " module level, or give it a stable name:"
+            f" 'class {cls.__name__}(Message, name=\"...\")'."
         )
-    raise TypeError(
-        f"{where}: field type {tp!r} cannot be carried in a message; use str, int,"
-        " float, bool, None, datetime, date, UUID, Decimal, an Enum, list, tuple,"
-        " frozenset, dict with str keys, or a nested dataclass of these."
-    )
+    return PayloadCodec(cls, _dotted(cls), cls.__message_name__)

@@ -6,12 +6,13 @@ import decimal
 import enum
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from flask_messaging import Message
 from flask_messaging.message import message_type_by_name, validate_message_class
+from flask_messaging.payload import MAX_DEPTH
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,15 @@ class Colour(enum.Enum):
     RED = "red"
 
 
+class Ratio(enum.Enum):
+    HALF = 0.5
+
+
+class Mixed(enum.Enum):
+    ONE = 1
+    TWO = "two"
+
+
 @dataclass(frozen=True)
 class Inner:
     n: int
@@ -144,8 +154,13 @@ def test_every_documented_field_type_is_accepted() -> None:
     [
         (set[int], "'set' is mutable"),
         (object.__class__, "cannot be carried"),
-        (dict[int, str], "dict keys must be str"),
+        (dict[tuple[int, int], str], "dict keys of type tuple"),
+        (dict[bool, str], "dict keys of type bool"),
+        (dict[str | None, str], "dict keys of type none"),
         (list[complex], "cannot be carried"),
+        (str | decimal.Decimal, "more than one str-like type"),
+        (Ratio | None, "all str or all int values"),
+        (Mixed, "all str or all int values"),
     ],
 )
 def test_unsupported_field_types_are_refused_naming_the_field(
@@ -166,7 +181,7 @@ class Holder:
 
 def test_nested_dataclass_fields_are_checked() -> None:
     @dataclass(frozen=True)
-    class Outer(Message):
+    class Outer(Message, name="tests.outer"):
         holder: Holder
 
     with pytest.raises(TypeError, match=r"Outer\.holder\.thing"):
@@ -175,8 +190,86 @@ def test_nested_dataclass_fields_are_checked() -> None:
 
 def test_unresolvable_annotation_is_a_clear_error() -> None:
     @dataclass(frozen=True)
-    class Dangling(Message):
+    class Dangling(Message, name="tests.dangling"):
         thing: NotImported  # type: ignore[name-defined]  # noqa: F821
 
     with pytest.raises(TypeError, match="cannot resolve the field annotations"):
         validate_message_class(Dangling)
+
+
+@dataclass(frozen=True)
+class Halves(Message, name="tests.halves"):
+    ratio: Ratio
+
+
+def test_enum_with_float_values_is_refused_naming_the_field() -> None:
+    # msgspec carries Enums of str or int values only: its own refusal, as ours.
+    with pytest.raises(TypeError, match=r"Halves\.ratio: Enums must contain"):
+        validate_message_class(Halves)
+
+
+@dataclass(frozen=True)
+class Deep(Message, name="tests.deep"):
+    inner: Holder
+
+
+def test_refusal_names_the_innermost_field() -> None:
+    with pytest.raises(TypeError, match=r"Deep\.inner\.thing: field type"):
+        validate_message_class(Deep)
+
+
+def test_class_defined_in_a_function_is_refused_without_a_name() -> None:
+    @dataclass(frozen=True)
+    class Local(Message):
+        value: int
+
+    with pytest.raises(TypeError, match=r"defined inside a function.*name=") as info:
+        validate_message_class(Local)
+    assert "<locals>.Local" in str(info.value)
+
+
+def test_class_defined_in_a_function_with_a_name_is_accepted() -> None:
+    @dataclass(frozen=True)
+    class Local(Message, name="tests.local_named"):
+        value: int
+
+    validate_message_class(Local)
+
+
+def test_declared_types_nesting_over_the_limit_are_refused() -> None:
+    annotation: Any = int
+    for _ in range(MAX_DEPTH):
+        annotation = list[annotation]
+    Nested = dataclasses.make_dataclass(
+        "Nested", [("levels", annotation)], bases=(Message,), frozen=True
+    )
+    with pytest.raises(TypeError, match=f"nest {MAX_DEPTH + 1} levels deep"):
+        validate_message_class(Nested)
+
+
+@pytest.mark.parametrize(
+    "annotation",
+    [
+        dict[int, str],
+        dict[float, str],
+        dict[uuid.UUID, int],
+        dict[Colour, int],
+        dict[datetime.date, int],
+        dict[decimal.Decimal, int],
+        Literal["a", 1],
+        datetime.time,
+        datetime.timedelta,
+        bytes,
+        Any,
+        object,
+        dict,
+        list,
+        tuple[int, Any],
+        frozenset[int],
+    ],
+)
+def test_types_the_codec_carries_are_accepted(annotation: Any) -> None:
+    Fine = dataclasses.make_dataclass(
+        "Fine", [("field_x", annotation)], bases=(Message,), frozen=True
+    )
+    validate_message_class(Fine)
