@@ -22,6 +22,7 @@ from rq.worker import BaseWorker
 from .dequeue import MessagingQueue
 from .dispatch import MessagingJob
 from .extension import get_state
+from .forking import after_fork
 from .serializer import JSONSerializer
 
 if TYPE_CHECKING:
@@ -138,7 +139,15 @@ class MessagingWorker(_MessagingWorkerMixin, SimpleWorker):
 
 
 class ForkingMessagingWorker(_MessagingWorkerMixin, Worker):
-    """Forks a work horse per job, as ``rq worker`` does."""
+    """Forks a work horse per job, as ``rq worker`` does.
+
+    Each work horse opens its own database and Redis connections
+    (:func:`~flask_messaging.forking.after_fork`).
+    """
+
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
+        after_fork(self.app, self.connection)
+        super().main_work_horse(job, queue)
 
 
 def make_worker(
@@ -264,9 +273,7 @@ def _relaying(app: Flask, relay: Relay | None) -> Iterator[None]:
 def _child(
     app: Flask, queues: Sequence[str], fork: bool, work_kwargs: dict[str, Any]
 ) -> None:
-    # The parent's Redis connections must not be shared: a fresh client.
-    state = get_state(app)
-    state.__dict__.pop("redis", None)
+    after_fork(app)
     _work(app, queues, fork, work_kwargs)
 
 
