@@ -23,6 +23,7 @@ from .dequeue import MessagingQueue
 from .dispatch import MessagingJob
 from .extension import get_state
 from .forking import after_fork
+from .scheduling import CHECK_INTERVAL, keep_scheduling
 from .serializer import JSONSerializer
 
 if TYPE_CHECKING:
@@ -51,9 +52,14 @@ class _MessagingWorkerMixin:
     def __init__(self, *args: Any, app: Flask, **kwargs: Any) -> None:
         self.app = app
         self._default_heartbeat_at: float | None = None
+        #: When this worker last looked at the scheduler locks (monotonic);
+        #: None while it does not (in a burst, or without a scheduler).
+        self._scheduling_checked_at: float | None = None
         super().__init__(*args, **kwargs)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is None:
+            self._keep_scheduling()
         # RQ sends one before and one after every dequeue (three round trips
         # each), extending the worker's key by minutes. Skip one that would
         # only repeat the last, when that one set the same (default) TTL.
@@ -96,6 +102,12 @@ class _MessagingWorkerMixin:
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
+        if timeout is not None and self.scheduler is not None:  # type: ignore[attr-defined]
+            # RQ's idle loop comes round (and heartbeats) once per timeout,
+            # minutes by default: often enough to take over scheduling.
+            timeout = min(timeout, CHECK_INTERVAL)
+            if self._scheduling_checked_at is None:
+                self._scheduling_checked_at = time.monotonic()
         # RQ's work loop quits on an error it did not expect, such as a job
         # hash it cannot parse: fail that job instead, and take the next.
         while True:
@@ -109,6 +121,20 @@ class _MessagingWorkerMixin:
                 if job_id is None or not isinstance(queue, Queue):
                     raise
                 self._fail_unreadable(job_id, queue, exc)
+
+    def _keep_scheduling(self) -> None:
+        """Run RQ's scheduler here if no live worker does (see :mod:`.scheduling`).
+
+        Only in the worker process itself, between jobs, and not once a
+        shutdown was asked for: RQ stops the scheduler then.
+        """
+        checked_at = self._scheduling_checked_at
+        if checked_at is None or time.monotonic() - checked_at < CHECK_INTERVAL:
+            return
+        if self.is_horse or self._stop_requested:  # type: ignore[attr-defined]
+            return
+        self._scheduling_checked_at = time.monotonic()
+        keep_scheduling(self.scheduler)  # type: ignore[attr-defined]
 
     def _fail_unreadable(self, job_id: str, queue: Queue, exc: Exception) -> None:
         """Move a job RQ cannot read to the failed registry, for a person."""
