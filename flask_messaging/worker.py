@@ -68,8 +68,66 @@ class _MessagingWorkerMixin:
         if default and pipeline is None and recent is not None:
             if time.monotonic() - recent < self.HEARTBEAT_INTERVAL:
                 return
-        super().heartbeat(timeout, pipeline)  # type: ignore[misc]
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)  # type: ignore[misc]
+        else:
+            # One round trip instead of two or three; the reply of RQ's first
+            # command (HSET last_heartbeat) says whether our hash was there.
+            with self.connection.pipeline() as pipe:  # type: ignore[attr-defined]
+                super().heartbeat(timeout, pipe)  # type: ignore[misc]
+                created = pipe.execute()[0]
+            if created:
+                self._register_again()
         self._default_heartbeat_at = time.monotonic() if default else None
+
+    def _register_again(self) -> None:
+        """Register this worker anew: Redis lost its record (a restart, a flush).
+
+        Without it ``flask messaging status``, the dashboard and RQ's own
+        tools would say there are no workers while this one works on.
+        """
+        logger.warning(
+            "Worker %s was no longer registered on Redis (restarted or"
+            " flushed?): registering it again.",
+            self.name,  # type: ignore[attr-defined]
+        )
+        self.connection.delete(self.key)  # type: ignore[attr-defined]
+        self.register_birth()  # type: ignore[attr-defined]
+        with self.connection.pipeline() as pipe:  # type: ignore[attr-defined]
+            super().set_state(self._state, pipe)  # type: ignore[attr-defined,misc]
+            pipe.execute()
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)  # type: ignore[misc]
+        self._log_subscribers()
+
+    def _log_subscribers(self) -> None:
+        """Say, at start-up, which async subscribers this worker serves."""
+        queues = self.queue_names()  # type: ignore[attr-defined]
+        subscriptions = [s for s in get_state(self.app).registry if s.is_async]
+        served = [s for s in subscriptions if s.queue_name in queues]
+        for s in sorted(served, key=lambda s: (queues.index(s.queue_name), s.key)):
+            self.log.info(  # type: ignore[attr-defined]
+                "Serving %s -> %s on queue %s",
+                s.message_type.__message_name__,
+                s.key,
+                s.queue_name,
+            )
+        if not served:
+            self.log.warning(  # type: ignore[attr-defined]
+                "No async subscriber of app %r uses queues %s: every job taken"
+                " there will fail as unknown to this app.",
+                self.app.name,
+                ", ".join(queues),
+            )
+        for s in subscriptions:
+            if s.queue_name not in queues:
+                self.log.info(  # type: ignore[attr-defined]
+                    "Not serving %s -> %s: queue %s is not one of this worker's",
+                    s.message_type.__message_name__,
+                    s.key,
+                    s.queue_name,
+                )
 
     def unsubscribe(self) -> None:
         # RQ unsubscribes, then stops its listening thread: a thread that
