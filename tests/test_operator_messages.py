@@ -141,6 +141,7 @@ def test_the_worker_start_up_log_names_the_subscribers_it_serves(
         "Serving tests.ping -> tests.worker_app:on_ping on queue low",
     ):
         assert line in output
+    assert "registering it again" not in output  # born registered: no repeat
 
     output = run_worker(real_redis_url, "high")
     assert "Serving tests.boom -> tests.worker_app:on_boom on queue high" in output
