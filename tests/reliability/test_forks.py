@@ -33,7 +33,6 @@ JOBS = 40
 FACTORY_TOUCHES_DATABASE = {
     "RELIABILITY_FACTORY_TOUCHES_DATABASE": "1",
     "RELIABILITY_SECOND_BIND": "1",
-    "FLASK_MESSAGING_RETRY": "0",  # a failure shows, not hidden by a retry
 }
 
 
@@ -48,7 +47,7 @@ def test_forked_workers_query_the_database_on_connections_of_their_own(
     history: History,
     forking: tuple[str, ...],
 ) -> None:
-    app = make_rel_app()
+    app = make_rel_app(MESSAGING_RETRY=0)  # a failure shows, not a retry
     worker = processes.start(
         "worker", "worker", *forking, *QUIET, env=FACTORY_TOUCHES_DATABASE
     )
