@@ -23,6 +23,7 @@ from flask_messaging import DeliveryError, EnqueueError, Message, get_message_br
 from flask_messaging.extension import get_state
 from flask_messaging.serializer import ReadOnlySerializer
 from flask_messaging.transaction import register_event, transactional
+from flask_messaging.worker import make_worker
 
 from . import tx_app, worker_app
 from .conftest import RedisServer, flask_messaging_command, free_port
@@ -298,3 +299,23 @@ def test_failed_lists_failed_jobs_with_their_error(
     assert entry["queue"] == "high"
     assert entry["error"] == "RuntimeError: boom: disk full"
     assert entry["failed_at"] is not None
+
+
+def test_a_worker_whose_record_redis_lost_registers_at_its_next_heartbeat(
+    make_app: Callable[..., Flask], real_redis_url: str
+) -> None:
+    # RQ's contract this rests on: its heartbeat's first command sets the
+    # worker hash's last_heartbeat (HSET says whether the field was new).
+    app = make_app(worker_app.messaging)
+    worker = make_worker(app)
+    worker.register_birth()
+    redis = get_state(app).redis
+    assert [w.name for w in registered_workers(redis)] == [worker.name]
+    redis.flushdb()
+    assert registered_workers(redis) == []
+    worker.heartbeat()
+    (again,) = registered_workers(redis)
+    assert again.name == worker.name
+    assert again.queue_names() == list(get_state(app).queue_names())
+    assert redis.ttl(worker.key) > 0
+    worker.register_death()
