@@ -33,54 +33,69 @@ CHECK_INTERVAL = 2
 #: scheduler renews its locks every second.
 STALE_AFTER = 10
 
-# KEYS: a scheduler lock. ARGV: our scheduler's name; the lock's remaining
-# time to live, in ms, below which it has not been renewed for STALE_AFTER.
-# Releases the lock of another scheduler that stopped renewing it.
-_RELEASE_STALE = LuaScript("""
-local owner = redis.call('GET', KEYS[1])
-if not owner or owner == ARGV[1] then
-  return 0
+# KEYS: the scheduler locks of a worker's queues. ARGV: its scheduler's
+# name; the remaining time to live, in ms, below which a lock has not been
+# renewed for STALE_AFTER. Releases the locks of other schedulers that
+# stopped renewing them. Per lock: 0 held by a live scheduler, 1 free or
+# ours, 2 released now.
+_LOOK_AT_LOCKS = LuaScript("""
+local states = {}
+for i, key in ipairs(KEYS) do
+  local owner = redis.call('GET', key)
+  if not owner or owner == ARGV[1] then
+    states[i] = 1
+  else
+    local ttl = redis.call('PTTL', key)
+    if ttl >= 0 and ttl < tonumber(ARGV[2]) then
+      redis.call('DEL', key)
+      states[i] = 2
+    else
+      states[i] = 0
+    end
+  end
 end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl >= 0 and ttl < tonumber(ARGV[2]) then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
+return states
 """)
+
+HELD, FREE, RELEASED = 0, 1, 2
+
+
+def _look_at_locks(scheduler: RQScheduler) -> dict[str, int]:
+    """Release stale locks of ``scheduler``'s queues; each queue's lock state.
+
+    A lock lives ``scheduler.interval + 60`` seconds from its last renewal
+    (RQ's scheduler, 2.x and 3.x), so one with less than that minus
+    :data:`STALE_AFTER` left was last renewed longer ago than that.
+    """
+    names = sorted(scheduler._queue_names)
+    below_ms = int((scheduler.interval + 60 - STALE_AFTER) * 1000)
+    keys = [scheduler.get_locking_key(name) for name in names]
+    states = _LOOK_AT_LOCKS.run(scheduler.connection, keys, [scheduler.name, below_ms])
+    return dict(zip(names, states, strict=True))
 
 
 def release_stale_locks(scheduler: RQScheduler) -> list[str]:
     """Release the locks of ``scheduler``'s queues whose holder stopped renewing.
 
-    A lock lives ``scheduler.interval + 60`` seconds from its last renewal
-    (RQ's scheduler, 2.x and 3.x), so one with less than that minus
-    :data:`STALE_AFTER` left was last renewed longer ago than that.
-
     :return: the names of the queues whose lock was released.
     """
-    below_ms = int((scheduler.interval + 60 - STALE_AFTER) * 1000)
-    released = []
-    for name in sorted(scheduler._queue_names):
-        key = scheduler.get_locking_key(name)
-        if _RELEASE_STALE.run(scheduler.connection, [key], [scheduler.name, below_ms]):
-            released.append(name)
-    return released
+    return [n for n, state in _look_at_locks(scheduler).items() if state == RELEASED]
 
 
 def keep_scheduling(scheduler: RQScheduler) -> bool:
     """Start ``scheduler`` if it is not running and a lock of its is free.
 
     Called in the worker process that made ``scheduler`` (RQ's
-    ``worker.scheduler``). Stale locks are released first
-    (:func:`release_stale_locks`).
+    ``worker.scheduler``). Stale locks are released first. While live
+    schedulers hold every lock this costs one round trip.
 
     :return: whether the scheduler runs now.
     """
     process = scheduler._process
     if process is not None and process.is_alive():
         return True
-    release_stale_locks(scheduler)
+    if all(state == HELD for state in _look_at_locks(scheduler).values()):
+        return False
     scheduler.acquire_locks(auto_start=True)  # type: ignore[no-untyped-call]
     process = scheduler._process
     return process is not None and process.is_alive()

@@ -5,13 +5,19 @@ Whole workers leaving are in ``tests/reliability/test_scheduling.py``.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 from redis import Redis
 from rq.scheduler import RQScheduler
 
-from flask_messaging.scheduling import STALE_AFTER, release_stale_locks
+from flask_messaging.scheduling import (
+    STALE_AFTER,
+    keep_scheduling,
+    release_stale_locks,
+)
 
 QUEUES = ["high", "low"]
 
@@ -72,3 +78,24 @@ def test_a_scheduler_never_releases_its_own_lock_as_stale(redis: Redis) -> None:
     redis.pexpire("rq:scheduler-lock:high", 1000)
     assert release_stale_locks(holder) == []
     assert holder.acquire_locks() == set(QUEUES)  # refreshed, still its own
+
+
+def test_keep_scheduling_starts_the_scheduler_only_when_a_lock_is_free(
+    redis: Redis,
+) -> None:
+    holder, waiting = scheduler(redis), scheduler(redis)
+    holder.acquire_locks()
+    assert keep_scheduling(waiting) is False  # every lock held by a live one
+    assert waiting._process is None
+
+    holder.release_locks()  # as a warm shutdown does
+    assert keep_scheduling(waiting) is True
+    process = waiting._process
+    assert process is not None
+    try:
+        assert waiting.acquired_locks == set(QUEUES)
+        assert keep_scheduling(waiting) is True  # running: nothing to do
+        assert waiting._process is process
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(30)
