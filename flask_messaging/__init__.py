@@ -10,6 +10,7 @@ from .broker import (
 from .envelope import Envelope, current_envelope
 from .errors import (
     DeliveryError,
+    EnqueueError,
     InvalidJobError,
     JobTooLargeError,
     MessageDecodeError,
@@ -24,6 +25,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DeliveryError",
+    "EnqueueError",
     "Envelope",
     "InvalidJobError",
     "JobTooLargeError",

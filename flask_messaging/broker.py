@@ -20,7 +20,12 @@ from rq import Retry
 
 from . import envelope as codec
 from .dispatch import run_delivery
-from .errors import DeliveryError, raise_failures, record_failure
+from .errors import (
+    DeliveryError,
+    raise_failures,
+    record_enqueue_failure,
+    record_failure,
+)
 from .jobs import Delivery
 from .message import Message
 from .queue_names import DEFAULT_PRIORITY
@@ -187,8 +192,9 @@ class MemoryBroker(MessageBroker):
         :raises TypeError: the message's class cannot be sent.
         :raises MessageEncodeError: an async subscriber matches and the
             message's values cannot be encoded; nothing was delivered.
-        :raises DeliveryError: some subscribers failed (or their jobs could not
-            be enqueued); all the others received the message.
+        :raises DeliveryError: some subscribers failed, or Redis did not take
+            their jobs (an :class:`~flask_messaging.errors.EnqueueError` in
+            the group); all the others received the message.
         """
         route = self.registry.route(type(message))  # checks the class, once
         if not route.async_:
@@ -251,12 +257,13 @@ class MemoryBroker(MessageBroker):
             except DeliveryError as group:  # inline jobs: failures already recorded
                 errors = [*(errors or ()), *group.exceptions]
             except (RedisError, OSError) as exc:
-                # Redis unreachable: those subscribers failed; the sync ones
-                # already had the message. Anything else is a bug: raise it.
-                for delivery in deliveries:
-                    errors = record_failure(
-                        errors, delivery.subscription, _name(message), message_id, exc
-                    )
+                # Redis unreachable: no job was written, and no subscriber ran
+                # or failed; the sync ones already had the message. Anything
+                # else is a bug: raise it.
+                keys = [delivery.subscription.key for delivery in deliveries]
+                errors = record_enqueue_failure(
+                    errors, keys, _name(message), message_id, exc
+                )
         return errors
 
 

@@ -74,6 +74,14 @@ def _server_state(purpose: str) -> MessagingState:
     return state
 
 
+def _require_signing_key(state: MessagingState) -> None:
+    """Refuse to start a process whose every job would fail unsigned."""
+    try:
+        state.signer  # noqa: B018 (made on first use; raises without a key)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
@@ -176,6 +184,7 @@ def worker_command(
         raise click.ClickException(
             f"Cannot reach Redis at {state.settings.redis_url}: {exc}"
         ) from None
+    _require_signing_key(state)
     outbox_relay = None
     if relay is None:
         relay = state.writes_outbox
@@ -223,6 +232,7 @@ def relay_command(once: bool, interval: float | None) -> None:
         relay = Relay(get_state())
     except RuntimeError as exc:
         raise click.UsageError(str(exc)) from None
+    _require_signing_key(get_state())
     if once:
         _relay_once(relay)
         return
@@ -350,6 +360,66 @@ def status_command(as_json: bool) -> None:
         click.echo("No workers.")
     click.echo()
     click.echo(_describe_backlog(backlog))
+
+
+@messaging_cli.command("failed")
+@click.option(
+    "-q",
+    "--queue",
+    "queues",
+    multiple=True,
+    help="Only this queue (repeatable); default: every queue.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="List at most this many, newest first.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@with_appcontext
+def failed_command(queues: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """List failed jobs, newest first, with the error each failed with."""
+    from .status import recent_failures
+
+    state = _server_state("failures another process can see (the dashboard shows them)")
+    try:
+        failures = recent_failures(state, limit, queues)
+    except Exception as exc:
+        raise click.ClickException(
+            f"Cannot read Redis at {state.settings.redis_url}: {exc}"
+        ) from None
+    if as_json:
+        rows = [
+            {
+                "job_id": f.job_id,
+                "queue": f.queue,
+                "failed_at": f.failed_at.isoformat() if f.failed_at else None,
+                "description": f.description,
+                "error": f.error,
+            }
+            for f in failures
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not failures:
+        click.echo("No failed jobs.")
+        return
+    header = ["FAILED AT (UTC)", "QUEUE", "JOB", "DESCRIPTION", "ERROR"]
+    body = [
+        [
+            f.failed_at.strftime("%Y-%m-%d %H:%M:%S") if f.failed_at else "-",
+            f.queue,
+            f.job_id,
+            f.description or "-",
+            f.error or "-",
+        ]
+        for f in failures
+    ]
+    click.echo(_table([header, *body]))
+    click.echo()
+    click.echo("Requeue them with 'flask messaging requeue-failed'.")
 
 
 @messaging_cli.command("requeue-failed")

@@ -81,9 +81,9 @@ def dispatch(handler_key: object, envelope: object, signature: object) -> None:
     subscription = state.broker.registry.async_subscription(handler_key, message_type)
     if subscription is None:
         raise UnknownHandlerError(
-            f"No async subscription of handler {handler_key!r} to"
-            f" {parsed.type!r} in this worker (is it running older code?). Requeue"
-            " the job from the failed job registry once it is deployed."
+            f"Unknown handler {handler_key!r} for {parsed.type!r} messages:"
+            f" {codec.UNKNOWN_HERE}. Requeue the job once a worker that knows"
+            " it serves this queue."
         )
     _handle(subscription, parsed)
 

@@ -180,13 +180,17 @@ def decode_envelope(data: bytes | str) -> Envelope:
         raise MessageDecodeError(f"Malformed message envelope: {exc}.") from exc
 
 
+#: Why a worker meets a message type or handler it does not know.
+UNKNOWN_HERE = "unknown to this app (another app on the same Redis, or older code)"
+
+
 def decode(envelope: Envelope) -> Message:
     """Return the message an envelope carries, validated against its class."""
     cls = message_type_by_name(envelope.type)
     if cls is None:
         raise MessageDecodeError(
-            f"Unknown message type {envelope.type!r}: no Message subclass of that"
-            " name is imported in this process (is the worker running older code?)."
+            f"Unknown message type {envelope.type!r}: {UNKNOWN_HERE}; no Message"
+            " subclass of that name is imported in this process."
         )
     message: Message = payload_codec(cls).decode(envelope.payload)
     return message

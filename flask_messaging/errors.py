@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DeliveryError",
+    "EnqueueError",
     "InvalidJobError",
     "JobTooLargeError",
     "MessageDecodeError",
@@ -52,19 +53,33 @@ class JobTooLargeError(InvalidJobError):
 
 
 class UnknownHandlerError(MessagingError, LookupError):
-    """A job names a handler this worker has no subscription for.
+    """A job names a handler this worker's app has no subscription for.
 
-    Usually deploy skew (a worker running older code): requeue the job from the
-    failed job registry once the worker knows the handler.
+    Another app's job on the same Redis and queue, or deploy skew (a worker
+    running older code): requeue the job from the failed job registry once a
+    worker that knows the handler serves the queue.
+    """
+
+
+class EnqueueError(MessagingError):
+    """The jobs of a message's async subscribers could not be written to Redis.
+
+    Nothing was enqueued for them; the subscribers themselves did not run and
+    did not fail. Its ``__cause__`` is Redis's error. ``publish`` does not
+    keep the message: publish it again once Redis answers, or register it
+    with :func:`~flask_messaging.transaction.register_event` and the outbox,
+    which keeps it until it is enqueued.
     """
 
 
 class DeliveryError(MessagingError, ExceptionGroup[Exception]):
-    """One or more subscribers failed to handle a message.
+    """One or more subscribers failed to handle a message, or to get its job.
 
-    Every subscriber was still given the message. ``exceptions`` holds each
-    handler's exception; each has a note naming the handler and the message id.
-    Catch it with ``except DeliveryError`` or ``except* SomeHandlerError``.
+    Every subscriber was still given the message, or a try at its job.
+    ``exceptions`` holds each handler's exception (with a note naming the
+    handler and the message id) and one :class:`EnqueueError` per message
+    whose jobs Redis did not take. Catch it with ``except DeliveryError``,
+    ``except* SomeHandlerError`` or ``except* EnqueueError``.
     """
 
     def __new__(cls, message: str, exceptions: Sequence[Exception]) -> DeliveryError:
@@ -93,9 +108,34 @@ def record_failure(
     return errors
 
 
-def raise_failures(message_type: str, errors: list[Exception]) -> NoReturn:
-    count = len(errors)
-    raise DeliveryError(
-        f"{count} subscriber{'s' if count > 1 else ''} failed on {message_type}",
-        errors,
+def record_enqueue_failure(
+    errors: list[Exception] | None,
+    subscription_keys: Sequence[str],
+    message_type: str,
+    message_id: str,
+    exc: Exception,
+) -> list[Exception]:
+    """Log that a message's jobs were not enqueued; add an EnqueueError."""
+    count = len(subscription_keys)
+    error = EnqueueError(
+        f"Could not enqueue {count} job{'s' if count > 1 else ''} of"
+        f" {message_type} message {message_id} (for {', '.join(subscription_keys)}):"
+        f" Redis did not take them ({type(exc).__name__}: {exc})."
     )
+    error.__cause__ = exc
+    logger.error("%s", error, exc_info=exc)
+    if errors is None:
+        errors = []
+    errors.append(error)
+    return errors
+
+
+def raise_failures(message_type: str, errors: list[Exception]) -> NoReturn:
+    unqueued = sum(isinstance(e, EnqueueError) for e in errors)
+    failed = len(errors) - unqueued
+    parts = []
+    if failed:
+        parts.append(f"{failed} subscriber{'s' if failed > 1 else ''} failed")
+    if unqueued:
+        parts.append("jobs could not be enqueued")
+    raise DeliveryError(f"{' and '.join(parts)} on {message_type}", errors)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from flask import Flask, current_app
+from flask import Flask, current_app, has_app_context
 from rq import Retry
 
 from .broker import MemoryBroker
@@ -113,9 +113,21 @@ class MessagingState:
         return Signer(secret, fallbacks or ())
 
 
-def get_state(app: Flask | None = None) -> MessagingState:
-    """Return the messaging state of ``app`` (default: the current app)."""
+def get_state(app: Flask | None = None, *, caller: str | None = None) -> MessagingState:
+    """Return the messaging state of ``app`` (default: the current app).
+
+    :param caller: the public call that needs it, named in the error.
+    :raises RuntimeError: no ``app`` and no app context, or messaging is not
+        set up on the app; the message says what to do.
+    """
     if app is None:
+        if not has_app_context():
+            raise RuntimeError(
+                f"{caller or 'flask-messaging'} needs an active Flask app context,"
+                " through which it finds the app's messaging (subscribers, Redis,"
+                " database session): call it inside a request, a 'flask' command"
+                " or a worker job, or within 'with app.app_context(): ...'."
+            )
         app = current_app._get_current_object()  # type: ignore[attr-defined]
     assert app is not None
     try:

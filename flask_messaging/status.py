@@ -306,14 +306,17 @@ def worker_status(state: MessagingState) -> list[WorkerStatus]:
     return sorted(rows, key=lambda w: w.name)
 
 
-def recent_failures(state: MessagingState, limit: int = 50) -> list[Failure]:
-    """The latest failed jobs over all queues, newest first.
+def recent_failures(
+    state: MessagingState, limit: int = 50, queues: Sequence[str] = ()
+) -> list[Failure]:
+    """The latest failed jobs over ``queues`` (default: all), newest first.
 
     Jobs are read with :class:`ReadOnlySerializer`: whatever a failed job holds,
-    nothing is unpickled to show it.
+    nothing is unpickled to show it. ``error`` is the last line of the
+    exception the job failed with.
     """
     failures = []
-    for name in state.queue_names():
+    for name in queues or state.queue_names():
         registry = FailedJobRegistry(
             name, connection=state.redis, serializer=ReadOnlySerializer
         )

@@ -80,13 +80,14 @@ def register_event(message: Message) -> None:
     The message is validated and encoded at once, so a bad message fails
     inside the transaction. Events are delivered in registration order.
 
-    :raises RuntimeError: the app has no database bound to messaging.
+    :raises RuntimeError: no app context, or the app has no database bound
+        to messaging.
     :raises TypeError: the message's class cannot be sent.
     :raises MessageEncodeError: the message's values cannot be sent.
     """
     if captured_registration(message):
         return
-    state = get_state()
+    state = get_state(caller="register_event()")
     session = _session(state)
     message_id, data = codec.encode(message, max_bytes=state.settings.max_message_bytes)
     transaction = session.get_nested_transaction() or session.get_transaction()
@@ -121,7 +122,7 @@ def transactional(func: Callable[Concatenate[Session, P], R]) -> Callable[P, R]:
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        session = _session(get_state())
+        session = _session(get_state(caller=f"@transactional {func.__qualname__}()"))
         depth = session.info.get(_DEPTH, 0)
         if depth or session.in_nested_transaction():
             session.info[_DEPTH] = depth + 1

@@ -22,7 +22,9 @@ from rq.worker import BaseWorker
 from .dequeue import MessagingQueue
 from .dispatch import job_class_for
 from .extension import get_state
+from .forking import after_fork
 from .job_faults import JobFaultsMixin, describe, fail_job
+from .scheduling import CHECK_INTERVAL, keep_scheduling
 from .serializer import JSONSerializer
 
 if TYPE_CHECKING:
@@ -57,9 +59,14 @@ class _MessagingWorkerMixin:
     def __init__(self, *args: Any, app: Flask, **kwargs: Any) -> None:
         self.app = app
         self._default_heartbeat_at: float | None = None
+        #: When this worker last looked at the scheduler locks (monotonic);
+        #: None while it does not (in a burst, or without a scheduler).
+        self._scheduling_checked_at: float | None = None
         super().__init__(*args, **kwargs)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is None:
+            self._keep_scheduling()
         # RQ sends one before and one after every dequeue (three round trips
         # each), extending the worker's key by minutes. Skip one that would
         # only repeat the last, when that one set the same (default) TTL.
@@ -68,8 +75,66 @@ class _MessagingWorkerMixin:
         if default and pipeline is None and recent is not None:
             if time.monotonic() - recent < self.HEARTBEAT_INTERVAL:
                 return
-        super().heartbeat(timeout, pipeline)  # type: ignore[misc]
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)  # type: ignore[misc]
+        else:
+            # One round trip instead of two or three; the reply of RQ's first
+            # command (HSET last_heartbeat) says whether our hash was there.
+            with self.connection.pipeline() as pipe:  # type: ignore[attr-defined]
+                super().heartbeat(timeout, pipe)  # type: ignore[misc]
+                created = pipe.execute()[0]
+            if created:
+                self._register_again()
         self._default_heartbeat_at = time.monotonic() if default else None
+
+    def _register_again(self) -> None:
+        """Register this worker anew: Redis lost its record (a restart, a flush).
+
+        Without it ``flask messaging status``, the dashboard and RQ's own
+        tools would say there are no workers while this one works on.
+        """
+        logger.warning(
+            "Worker %s was no longer registered on Redis (restarted or"
+            " flushed?): registering it again.",
+            self.name,  # type: ignore[attr-defined]
+        )
+        self.connection.delete(self.key)  # type: ignore[attr-defined]
+        self.register_birth()  # type: ignore[attr-defined]
+        with self.connection.pipeline() as pipe:  # type: ignore[attr-defined]
+            super().set_state(self._state, pipe)  # type: ignore[attr-defined,misc]
+            pipe.execute()
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)  # type: ignore[misc]
+        self._log_subscribers()
+
+    def _log_subscribers(self) -> None:
+        """Say, at start-up, which async subscribers this worker serves."""
+        queues = self.queue_names()  # type: ignore[attr-defined]
+        subscriptions = [s for s in get_state(self.app).registry if s.is_async]
+        served = [s for s in subscriptions if s.queue_name in queues]
+        for s in sorted(served, key=lambda s: (queues.index(s.queue_name), s.key)):
+            self.log.info(  # type: ignore[attr-defined]
+                "Serving %s -> %s on queue %s",
+                s.message_type.__message_name__,
+                s.key,
+                s.queue_name,
+            )
+        if not served:
+            self.log.warning(  # type: ignore[attr-defined]
+                "No async subscriber of app %r uses queues %s: every job taken"
+                " there will fail as unknown to this app.",
+                self.app.name,
+                ", ".join(queues),
+            )
+        for s in subscriptions:
+            if s.queue_name not in queues:
+                self.log.info(  # type: ignore[attr-defined]
+                    "Not serving %s -> %s: queue %s is not one of this worker's",
+                    s.message_type.__message_name__,
+                    s.key,
+                    s.queue_name,
+                )
 
     def unsubscribe(self) -> None:
         # RQ unsubscribes, then stops its listening thread: a thread that
@@ -102,6 +167,12 @@ class _MessagingWorkerMixin:
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
+        if timeout is not None and self.scheduler is not None:  # type: ignore[attr-defined]
+            # RQ's idle loop comes round (and heartbeats) once per timeout,
+            # minutes by default: often enough to take over scheduling.
+            timeout = min(timeout, CHECK_INTERVAL)
+            if self._scheduling_checked_at is None:
+                self._scheduling_checked_at = time.monotonic()
         # RQ's work loop quits on an error it did not expect, such as a job
         # hash it cannot parse: fail that job instead, and take the next.
         while True:
@@ -115,6 +186,20 @@ class _MessagingWorkerMixin:
                 if job_id is None or not isinstance(queue, Queue):
                     raise
                 self._fail_unreadable(job_id, queue, exc)
+
+    def _keep_scheduling(self) -> None:
+        """Run RQ's scheduler here if no live worker does (see :mod:`.scheduling`).
+
+        Only in the worker process itself, between jobs, and not once a
+        shutdown was asked for: RQ stops the scheduler then.
+        """
+        checked_at = self._scheduling_checked_at
+        if checked_at is None or time.monotonic() - checked_at < CHECK_INTERVAL:
+            return
+        if self.is_horse or self._stop_requested:  # type: ignore[attr-defined]
+            return
+        self._scheduling_checked_at = time.monotonic()
+        keep_scheduling(self.scheduler)  # type: ignore[attr-defined]
 
     def _fail_unreadable(self, job_id: str, queue: Queue, exc: Exception) -> None:
         """Move a job that is refused or cannot be read to the failed registry."""
@@ -141,7 +226,15 @@ class MessagingWorker(_MessagingWorkerMixin, JobFaultsMixin, SimpleWorker):
 
 
 class ForkingMessagingWorker(_MessagingWorkerMixin, JobFaultsMixin, Worker):
-    """Forks a work horse per job, as ``rq worker`` does."""
+    """Forks a work horse per job, as ``rq worker`` does.
+
+    Each work horse opens its own database and Redis connections
+    (:func:`~flask_messaging.forking.after_fork`).
+    """
+
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
+        after_fork(self.app, self.connection)
+        super().main_work_horse(job, queue)
 
 
 def make_worker(
@@ -269,9 +362,7 @@ def _relaying(app: Flask, relay: Relay | None) -> Iterator[None]:
 def _child(
     app: Flask, queues: Sequence[str], fork: bool, work_kwargs: dict[str, Any]
 ) -> None:
-    # The parent's Redis connections must not be shared: a fresh client.
-    state = get_state(app)
-    state.__dict__.pop("redis", None)
+    after_fork(app)
     _work(app, queues, fork, work_kwargs)
 
 

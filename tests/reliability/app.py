@@ -20,9 +20,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from redis import Redis
+from rq import Retry
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -79,6 +81,24 @@ class Overrun(Message, name="tests.reliability.overrun"):
     token: str
     seconds: float
 
+
+@dataclass(frozen=True)
+class Query(Message, name="tests.reliability.query"):
+    """Its handler asks the database for ``n``, over and over, on every bind."""
+
+    token: str
+    n: int
+
+
+@dataclass(frozen=True)
+class Flaky(Message, name="tests.reliability.flaky"):
+    """Its handler fails on the first run; the retry waits 2 s in RQ's scheduler."""
+
+    token: str
+
+
+#: The second bind of the app, with RELIABILITY_SECOND_BIND set.
+SECOND_BIND = "second"
 
 _history: History | None = None
 
@@ -150,8 +170,43 @@ def overrun(event: Overrun) -> None:
     history().handled("overrun", event.token)
 
 
+#: Queries per bind in one run of :func:`check_query`: past psycopg's
+#: ``prepare_threshold`` (5), so the statement is prepared on the server.
+QUERIES_PER_RUN = 8
+
+
+@messaging.subscribe_async(queue_name=QUEUE)
+@observed
+def check_query(event: Query) -> None:
+    """Notes any answer of the database that is not the one it asked for."""
+    query = sa.text("SELECT CAST(:n AS integer)")
+    engines = [db.engine, *(e for k, e in db.engines.items() if k is not None)]
+    for engine in engines:
+        for _ in range(QUERIES_PER_RUN):
+            if engine is db.engine:
+                answer = db.session.execute(query, {"n": event.n}).scalar_one()
+            else:
+                with engine.connect() as connection:
+                    answer = connection.execute(query, {"n": event.n}).scalar_one()
+                    connection.commit()
+            if answer != event.n:
+                history().note("check_query:wrong", f"asked {event.n}, got {answer}")
+    db.session.commit()  # as a handler that writes does: statements stay prepared
+    history().handled("check_query", event.token)
+
+
+@messaging.subscribe_async(queue_name=QUEUE, retry=Retry(max=1, interval=2))
+@observed
+def flaky(event: Flaky) -> None:
+    if history().runs("flaky:runs").get(event.token) == 1:
+        raise RuntimeError("the first run fails, for RQ's scheduler to retry")
+    history().handled("flaky", event.token)
+
+
 def commit(
-    messages: Sequence[Work | Hold | Overrun], *, rollback: bool = False
+    messages: Sequence[Work | Hold | Overrun | Query | Flaky],
+    *,
+    rollback: bool = False,
 ) -> None:
     """One transaction: a row and an event per message; commit or roll back."""
     for message in messages:
@@ -189,10 +244,21 @@ def create_app(**config: Any) -> Flask:
         MESSAGING_RELAY_DELAY=1,
         MESSAGING_RELAY_INTERVAL=0.2,
     )
+    if os.environ.get("RELIABILITY_SECOND_BIND"):
+        app.config["SQLALCHEMY_BINDS"] = {
+            SECOND_BIND: app.config["SQLALCHEMY_DATABASE_URI"]
+        }
     app.config.from_prefixed_env()  # FLASK_MESSAGING_...=… from the tests
     app.config.update(config)
     db.init_app(app)
     messaging.init_app(app, db=db)
+    if os.environ.get("RELIABILITY_FACTORY_TOUCHES_DATABASE"):
+        # As many factories do: the pools now hold connections a fork inherits.
+        with app.app_context():
+            db.create_all()
+            for engine in db.engines.values():
+                with engine.connect() as connection:
+                    connection.execute(sa.text("SELECT 1"))
     if os.environ.get("RELIABILITY_CRASH_AFTER_TAKING_A_JOB"):
         crash_after_taking_a_job()
     return app
