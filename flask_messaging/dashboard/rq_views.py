@@ -22,6 +22,7 @@ from flask import (
     abort,
     current_app,
     jsonify,
+    request,
     url_for,
 )
 from redis.exceptions import RedisError
@@ -43,16 +44,25 @@ from rq_dashboard import web
 
 from ..dispatch import MessagingJob
 from ..extension import get_state
-from ..redaction import redact
-from ..serializer import JSONSerializer, ReadOnlySerializer
+from ..redaction import redact, redact_data
+from ..redis_entries import (
+    decoded,
+    is_wrong_type,
+    key_type,
+    page_of_members,
+    shown,
+)
+from ..serializer import JSONSerializer
 from ..status import (
     UnreadableJob,
     UnreadableWorker,
     fetch_jobs,
+    latest_result,
     queue_names_in_redis,
     read_workers,
     requeue_failed,
     requeue_failed_job,
+    worker_keys,
 )
 
 if TYPE_CHECKING:
@@ -104,6 +114,11 @@ def _redacted(text: str | None) -> str | None:
     return None if text is None else redact(text)
 
 
+def _shown_data(value: object) -> str:
+    """JSON text of a job's meta or result, secret-named values masked."""
+    return json.dumps(redact_data(value), default=lambda v: redact(repr(v)))
+
+
 def _json(data: dict[str, Any], status: int = 200) -> Response:
     response = jsonify(data)
     response.status_code = status
@@ -124,7 +139,7 @@ def _job_info(instance_number: int, job_id: str) -> Response:
                 "description": job.description,
             }
         )
-    result = job.latest_result()
+    result = latest_result(job)
     failed = result is not None and result.type != result.Type.SUCCESSFUL
     value = None if result is None or failed else result.return_value
     return _json(
@@ -136,12 +151,10 @@ def _job_info(instance_number: int, job_id: str) -> Response:
             "ended_at": web.serialize_date(job.ended_at),
             "origin": job.origin,
             "status": job.get_status(),
-            "result": None
-            if value is None
-            else redact(json.dumps(value, default=repr)),
+            "result": None if value is None else _shown_data(value),
             "exc_info": _redacted(result.exc_string if result is not None else None),
             "description": job.description,
-            "metadata": redact(json.dumps(job.meta, default=repr)),
+            "metadata": _shown_data(job.meta),
         }
     )
 
@@ -154,16 +167,22 @@ def _list_jobs(
     order: str,
     page: str,
 ) -> Response:
-    try:
-        size, current = int(per_page), int(page)
-    except ValueError:
-        abort(404)
-    if size < 1 or current < 1:
-        abort(404)
+    # Bounds checked by rq_pages.missing before this view runs.
+    size, current = int(per_page), int(page)
     connection = _redis()
-    queue = Queue(queue_name, connection=connection, serializer=ReadOnlySerializer)
-    total, ids = _page_of_ids(queue, registry_name, size, current, order == "dsc")
-    jobs = fetch_jobs(connection, ids)
+    key = _list_key(queue_name, registry_name)
+    offset = (current - 1) * size
+    found = page_of_members(
+        connection, key, offset, offset + size, descending=order == "dsc"
+    )
+    total, raw_ids = found or (0, [])
+    ids = [job_id for job_id in map(decoded, raw_ids) if job_id is not None]
+    rows = [_job_row(job) for job in fetch_jobs(connection, ids)]
+    rows += [
+        {**_job_row(UnreadableJob(shown(raw), _NOT_TEXT)), "unlisted": True}
+        for raw in raw_ids
+        if decoded(raw) is None
+    ]
 
     def link(number: int) -> dict[str, Any]:
         return {
@@ -195,37 +214,29 @@ def _list_jobs(
         {
             "name": queue_name,
             "registry_name": registry_name,
-            "jobs": [_job_row(job) for job in jobs],
+            "jobs": rows,
             "pagination": pagination,
+            **({} if found else {"error": _wrong_type(key, registry_name)}),
         }
     )
 
 
-def _page_of_ids(
-    queue: Queue, registry_name: str, size: int, page: int, descending: bool
-) -> tuple[int, list[str]]:
-    registry: Queue | BaseRegistry = queue
-    if registry_name != "queued":
-        registry_class = _REGISTRIES.get(registry_name)
-        if registry_class is None:
-            abort(404)
-        registry = registry_class(queue=queue, job_class=MessagingJob)
-    if isinstance(registry, BaseRegistry):
-        total = registry.get_job_count(cleanup=False)
-    else:
-        total = registry.count
-    offset = (page - 1) * size
-    if descending:
-        start, end = max(0, total - offset - size), total - offset
-    else:
-        start, end = offset, min(total, offset + size)
-    if end <= start:
-        return total, []
-    if isinstance(registry, BaseRegistry):
-        ids = registry.get_job_ids(start, end - 1, cleanup=False)
-    else:
-        ids = registry.get_job_ids(start, end - start)
-    return total, ids[::-1] if descending else ids
+_NOT_TEXT = "The job id is not UTF-8 text: Empty removes it from this list."
+
+
+def _list_key(queue_name: str, registry_name: str) -> str:
+    """The Redis key of a queue's list of jobs (``queued``) or of a registry."""
+    if registry_name == "queued":
+        return str(Queue(queue_name, connection=_redis()).key)
+    registry_class = _REGISTRIES.get(registry_name)
+    if registry_class is None:
+        abort(404)
+    return registry_class(queue_name, connection=_redis()).key
+
+
+def _wrong_type(key: str, registry_name: str) -> str:
+    kind = "list" if registry_name == "queued" else "sorted set"
+    return f"Redis key {key} is not a {kind}: Empty deletes it."
 
 
 def _job_row(job: Job | UnreadableJob) -> dict[str, Any]:
@@ -238,7 +249,7 @@ def _job_row(job: Job | UnreadableJob) -> dict[str, Any]:
             "exc_info": _redacted(job.error),
             "description": job.description,
         }
-    result = job.latest_result()
+    result = latest_result(job)
     return {
         "id": job.id,
         "created_at": web.serialize_date(job.created_at),
@@ -249,10 +260,53 @@ def _job_row(job: Job | UnreadableJob) -> dict[str, Any]:
     }
 
 
+#: Workers and queues listed per page of workers.json and queues.json.
+LISTED_PER_PAGE = 50
+
+
+def _listing_page() -> int:
+    """The ``page`` query argument of a listing: 1 to MAX_PAGE, else 404."""
+    value = request.args.get("page", "1")
+    if not (value.isascii() and value.isdigit() and len(value) <= 9):
+        abort(404)
+    if int(value) < 1:
+        abort(404)
+    return int(value)
+
+
+def _listing(names: list[Any], number: int, endpoint: str) -> dict[str, Any]:
+    """Where page ``number`` of ``names`` (LISTED_PER_PAGE each) sits."""
+    last = max(1, ceil(len(names) / LISTED_PER_PAGE))
+
+    def link(page: int) -> str:
+        return url_for(f"{RQ_BLUEPRINT}.{endpoint}", instance_number=0, page=page)
+
+    return {
+        "current_page": number,
+        "num_pages": last,
+        "total": len(names),
+        **({"prev_page": {"url": link(number - 1)}} if number > 1 else {}),
+        **({"next_page": {"url": link(number + 1)}} if number < last else {}),
+    }
+
+
+def _page_slice(names: list[Any], number: int) -> list[Any]:
+    start = (number - 1) * LISTED_PER_PAGE
+    return names[start : start + LISTED_PER_PAGE]
+
+
 def _list_workers(instance_number: int) -> Response:
-    workers = [_worker_row(worker) for worker in read_workers(_redis())]
+    # Names are sorted and paged before any worker hash is read.
+    number = _listing_page()
+    keys = worker_keys(_redis())
+    workers = [
+        _worker_row(worker)
+        for worker in read_workers(_redis(), _page_slice(keys, number))
+    ]
     workers.sort(key=lambda w: (w["state"], w["queues"], w["name"]))
-    return _json({"workers": workers})
+    return _json(
+        {"workers": workers, "pagination": _listing(keys, number, "list_workers")}
+    )
 
 
 def _worker_row(worker: BaseWorker | UnreadableWorker) -> dict[str, Any]:
@@ -266,8 +320,17 @@ def _worker_row(worker: BaseWorker | UnreadableWorker) -> dict[str, Any]:
     current: Any = "idle"
     try:
         job = worker.get_current_job()
-    except RedisError:
-        raise
+    except RedisError as exc:
+        if not is_wrong_type(exc):
+            raise
+        job_id = worker.get_current_job_id()
+        current = {
+            "job_id": job_id,
+            "description": UnreadableJob.description,
+            "created_at": None,
+            "call_string": UnreadableJob.description,
+        }
+        job = None
     except Exception:  # a job hash RQ cannot parse
         job_id = worker.get_current_job_id()
         current = {
@@ -306,12 +369,46 @@ def _worker_row(worker: BaseWorker | UnreadableWorker) -> dict[str, Any]:
 
 def _list_queues(instance_number: int) -> Response:
     # Not Queue.all(): one entry of rq:queues that is not a queue key made
-    # it, and the whole page, fail.
+    # it, and the whole page, fail. Seven counts a queue: only a page's worth.
+    number = _listing_page()
     connection = _redis()
-    queues = [
-        Queue(name, connection=connection) for name in queue_names_in_redis(connection)
+    names = queue_names_in_redis(connection)
+    rows = [
+        _queue_row(instance_number, Queue(name, connection=connection))
+        for name in _page_slice(names, number)
     ]
-    return _json({"queues": web.serialize_queues(instance_number, queues)})
+    return _json({"queues": rows, "pagination": _listing(names, number, "list_queues")})
+
+
+#: The counts of a queues.json row, by the job list each one links to.
+_COUNTED = {
+    "count": "queued",
+    "deferred_job_registry_count": "deferred",
+    "scheduled_job_registry_count": "scheduled",
+    "started_job_registry_count": "started",
+    "finished_job_registry_count": "finished",
+    "failed_job_registry_count": "failed",
+    "canceled_job_registry_count": "canceled",
+}
+
+
+def _queue_row(instance_number: int, queue: Queue) -> dict[str, Any]:
+    """rq-dashboard's row of a queue; a key of another type counts "unreadable"."""
+    row: dict[str, Any] = {"name": queue.name}
+    for field, registry_name in _COUNTED.items():
+        key = _list_key(queue.name, registry_name)
+        found = page_of_members(queue.connection, key, 0, 0)
+        row[field] = "unreadable" if found is None else found[0]
+        row[f"{registry_name}_url"] = url_for(
+            f"{RQ_BLUEPRINT}.jobs_overview",
+            instance_number=instance_number,
+            queue_name=queue.name,
+            registry_name=registry_name,
+            per_page=8,
+            order="asc",
+            page=1,
+        )
+    return row
 
 
 def _delete_job_view(job_id: str) -> Response:
@@ -327,8 +424,11 @@ def _delete(job_id: str, registry: BaseRegistry | None = None) -> bool:
         if registry is not None and not isinstance(registry, StartedJobRegistry):
             registry.remove(job_id)  # an id whose job expired
         return False
-    except RedisError:
-        raise
+    except RedisError as exc:
+        if not is_wrong_type(exc):
+            raise
+        _delete_unreadable(job_id, registry)  # a job key that is not a hash
+        return True
     except Exception:  # a hash RQ cannot parse, or an id it refuses
         _delete_unreadable(job_id, registry)
         return True
@@ -340,12 +440,18 @@ def _delete_unreadable(job_id: str, registry: BaseRegistry | None) -> None:
     """Delete a job RQ cannot read: its keys, and its id where it is listed.
 
     The lists are those of the registry it was found in and of the queue its
-    hash names as ``origin`` (read as a plain string, nothing else parsed).
+    hash names as ``origin`` (read as a plain string, nothing else parsed),
+    or, without one, of each of the app's queues.
     """
     connection = _redis()
     key = Job.key_for(job_id)
-    origin = connection.hget(key, "origin")
+    origin = None
+    if key_type(connection, key) == "hash":
+        origin = connection.hget(key, "origin")
+    # Without an origin (a key of another type): the app's queues at least.
     names = {registry.name} if registry is not None else set()
+    if origin is None:
+        names.update(get_state().queue_names())
     if isinstance(origin, bytes) and origin:
         names.add(origin.decode(errors="replace"))
     with connection.pipeline() as pipe:
@@ -363,9 +469,9 @@ def _requeue_job_view(job_id: str) -> Response:
         job = MessagingJob.fetch(job_id, connection=_redis(), serializer=JSONSerializer)
     except NoSuchJobError:
         return _json({"status": "ERROR"}, 404)
-    except RedisError:
-        raise
     except Exception as exc:  # a hash RQ cannot parse, or an id it refuses
+        if isinstance(exc, RedisError) and not is_wrong_type(exc):
+            raise
         reason = redact(f"{type(exc).__name__}: {exc}")
         return _json(
             {
@@ -389,28 +495,62 @@ def _empty_queue(queue_name: str, registry_name: str) -> Response:
     if current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"):
         return _json({"status": "DISABLED"})
     connection = _redis()
+    key = _list_key(queue_name, registry_name)
+    kind = key_type(connection, key)
+    if kind not in ("none", "list" if registry_name == "queued" else "zset"):
+        connection.delete(key)  # not RQ's: nothing in it can be read as a job
+        return _json({"status": "OK"})
     if registry_name == "queued":
         queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
         queue.empty()  # type: ignore[no-untyped-call]
         return _json({"status": "OK"})
-    registry_class = _REGISTRIES.get(registry_name)
-    if registry_class is None:
-        abort(404)
-    registry = registry_class(
+    registry = _REGISTRIES[registry_name](
         queue_name, connection=connection, serializer=JSONSerializer
     )
-    for job_id in registry.get_job_ids(cleanup=False):
-        _delete(job_id, registry)
+    found = page_of_members(connection, key, 0, 2**62)
+    for raw in found[1] if found else []:
+        job_id = decoded(raw)
+        if job_id is None:
+            connection.zrem(key, raw)  # no job can have this id
+        else:
+            _delete(job_id, registry)
     return _json({"status": "OK"})
+
+
+def _compact_queue(queue_name: str) -> Response:
+    """Remove the ids of jobs that no longer exist from a queue's list.
+
+    Not RQ's ``Queue.compact``: it renames the list first (an error on an
+    empty queue) and stops at an id that is not UTF-8 text with the rest of
+    the ids still in the renamed list.
+    """
+    connection = _redis()
+    key = Queue(queue_name, connection=connection).key
+    kind = key_type(connection, key)
+    if kind not in ("none", "list"):
+        return _json({"status": "ERROR", "error": _wrong_type(key, "queued")}, 409)
+    found = page_of_members(connection, key, 0, 2**62)
+    ids = found[1] if found else []
+    prefix = Job.redis_job_namespace_prefix.encode()
+    with connection.pipeline(transaction=False) as pipe:
+        for raw in ids:
+            pipe.exists(prefix + raw)
+        exists = pipe.execute()
+    gone = {raw for raw, there in zip(ids, exists, strict=True) if not there}
+    if gone:
+        with connection.pipeline(transaction=False) as pipe:
+            for raw in gone:
+                pipe.lrem(key, 0, raw)  # type: ignore[arg-type]
+            pipe.execute()
+    return _json({"status": "OK", "count": len(gone)})
 
 
 def unreviewed(**kwargs: Any) -> Response:
     return text(404, "This rq-dashboard view is not enabled by flask-messaging.")
 
 
-#: rq-dashboard 0.9 views kept: they read no job (compact only checks which
-#: job keys exist) and render no template.
-RQ_KEPT = frozenset({"static", "favicon", "compact_queue"})
+#: rq-dashboard 0.9 views kept: they read nothing from Redis.
+RQ_KEPT = frozenset({"static", "favicon"})
 
 #: rq-dashboard 0.9 JSON views and actions replaced: the originals unpickle
 #: jobs or show job arguments. Its pages are replaced by :data:`.rq_pages.RQ_PAGES`.
@@ -423,4 +563,5 @@ RQ_VIEWS: dict[str, Callable[..., Any]] = {
     "requeue_job_view": _requeue_job_view,
     "requeue_all": _requeue_all,
     "empty_queue": _empty_queue,
+    "compact_queue": _compact_queue,
 }
