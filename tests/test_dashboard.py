@@ -729,7 +729,13 @@ def test_messaging_page_shows_subscribers_queues_and_failures(app: Flask) -> Non
     assert 'method="post"' in row
     assert "No outbox" in page
     assert response.headers["X-Frame-Options"] == "DENY"
-    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "base-uri 'none'" in policy
+    assert "style-src 'self'" in policy and "unsafe-inline" not in policy
+    (sheet,) = re.findall(r'<link rel="stylesheet" href="([^"]+)"', page)
+    served = app.test_client().get(sheet, headers=basic())
+    assert served.status_code == 200 and served.mimetype == "text/css"
+    served.close()
     assert response.headers["Cache-Control"] == "no-store"
 
 

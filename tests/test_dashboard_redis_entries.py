@@ -177,7 +177,16 @@ def test_ids_that_are_not_text_are_listed_and_emptied(app: Flask) -> None:
     queued_key = Queue(LOW_PRIORITY, connection=redis).key
     redis.zadd(failed_key, {NOT_TEXT: 9e9})
     redis.rpush(queued_key, NOT_TEXT)
+    redis.sadd("rq:workers", b"rq:worker:" + NOT_TEXT)
+    redis.sadd("rq:queues", b"rq:queue:" + NOT_TEXT)
     client = app.test_client()
+
+    workers = json_of(client, "/rq/0/data/workers.json")["workers"]
+    assert [(w["name"], w["state"]) for w in workers] == [("\\xff\\xfe", "unreadable")]  # type: ignore[attr-defined]
+    queues = json_of(client, "/rq/0/data/queues.json")["queues"]
+    assert [q["name"] for q in queues] == [HIGH_PRIORITY, LOW_PRIORITY]  # type: ignore[attr-defined]
+    status = app.test_cli_runner().invoke(args=["messaging", "status"])
+    assert status.exit_code == 0 and "\\xff\\xfe" in status.output, status.output
 
     page = client.get("/rq/messaging/", headers=basic())
     assert page.status_code == 200 and "\\xff\\xfe" in page.text
