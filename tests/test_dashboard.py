@@ -844,6 +844,14 @@ def test_workers_page_shows_the_running_job_without_its_payload(
     assert worker["current_job"]["call_string"] == description
     response = client.get("/rq/0/data/workers.json", headers=basic())
     assert "<img" not in response.text
+    # The started list names each job once, by id (RQ stores "id:execution").
+    for order in ("asc", "dsc"):
+        path = f"/rq/0/data/jobs/{DEFAULT_PRIORITY}/started/8/{order}/1.json"
+        started = client.get(path, headers=basic()).json
+        assert [job["id"] for job in started["jobs"]] == [
+            worker["current_job"]["job_id"]
+        ]
+        assert started["jobs"][0]["description"] == description
 
 
 def test_each_app_gets_its_own_redis_and_rq_dashboard_is_not_patched(

@@ -176,12 +176,12 @@ def _list_jobs(
         connection, key, offset, offset + size, descending=order == "dsc"
     )
     total, raw_ids = found or (0, [])
-    ids = [job_id for job_id in map(decoded, raw_ids) if job_id is not None]
-    rows = [_job_row(job) for job in fetch_jobs(connection, ids)]
+    ids = [_job_id(registry_name, raw) for raw in raw_ids]
+    rows = [_job_row(job) for job in fetch_jobs(connection, _texts(ids))]
     rows += [
         {**_job_row(UnreadableJob(shown(raw), _NOT_TEXT)), "unlisted": True}
-        for raw in raw_ids
-        if decoded(raw) is None
+        for raw, job_id in zip(raw_ids, ids, strict=True)
+        if job_id is None
     ]
 
     def link(number: int) -> dict[str, Any]:
@@ -222,6 +222,23 @@ def _list_jobs(
 
 
 _NOT_TEXT = "The job id is not UTF-8 text: Empty removes it from this list."
+
+
+def _job_id(registry_name: str, entry: bytes) -> str | None:
+    """The job id of a list or registry entry; None if it is not UTF-8 text.
+
+    The started registry's entries are ``<job id>:<execution id>``: RQ's own
+    ``parse_job_id`` of each registry reads them.
+    """
+    text = decoded(entry)
+    if text is None or registry_name == "queued":
+        return text
+    return _REGISTRIES[registry_name].parse_job_id(text)
+
+
+def _texts(ids: list[str | None]) -> list[str]:
+    """``ids`` without the Nones, each once, in order."""
+    return list(dict.fromkeys(job_id for job_id in ids if job_id is not None))
 
 
 def _list_key(queue_name: str, registry_name: str) -> str:
@@ -509,11 +526,11 @@ def _empty_queue(queue_name: str, registry_name: str) -> Response:
     )
     found = page_of_members(connection, key, 0, 2**62)
     for raw in found[1] if found else []:
-        job_id = decoded(raw)
+        job_id = _job_id(registry_name, raw)
         if job_id is None:
             connection.zrem(key, raw)  # no job can have this id
-        else:
-            _delete(job_id, registry)
+        elif not _delete(job_id, registry):
+            connection.zrem(key, raw)  # its job is gone: a stale entry
     return _json({"status": "OK"})
 
 
