@@ -28,7 +28,7 @@ from flask_messaging.queue_names import HIGH_PRIORITY, LOW_PRIORITY
 from flask_messaging.status import UnreadableJob
 from flask_messaging.worker import make_worker
 
-from .test_dashboard import AUTH, SAME_ORIGIN, basic, publish_notes
+from .test_dashboard import AUTH, SAME_ORIGIN, basic, publish_notes, routes
 from .test_dashboard import app as app  # noqa: F401 (the fixture)
 
 SLASHED = "emails/high"
@@ -360,3 +360,30 @@ def test_a_redis_shared_with_another_program_is_left_alone(app: Flask) -> None:
     ):
         assert client.get(path, headers=basic()).status_code == 200, path
     assert {key: redis.dump(key) for key in redis.keys("*")} == before
+
+
+@pytest.mark.parametrize("state", ["empty", "every key a string"])
+def test_no_route_answers_500_on_an_empty_redis_or_one_of_strings(
+    app: Flask, state: str
+) -> None:
+    jobs = publish_notes(app, "note")
+    redis = get_state(app).redis
+    if state == "empty":
+        redis.flushdb()
+    else:
+        for key in redis.keys("rq:*"):
+            redis.delete(key)
+            redis.set(key, "not RQ's")
+    client = app.test_client()
+    answers = {}
+    for endpoint, method, path in routes(app, jobs):
+        if method in ("GET", "POST") and "static" not in endpoint:
+            headers = ACT if method == "POST" else basic()
+            response = client.open(path, method=method, headers=headers)
+            answers[method, path] = response.status_code
+            response.close()
+    assert answers and max(answers.values()) < 500, answers
+    for path in ("/rq/messaging/", "/rq/0/data/queues.json?page=1"):
+        assert client.get(path, headers=basic()).status_code == 200, path
+    status = app.test_cli_runner().invoke(args=["messaging", "status"])
+    assert status.exit_code == 0, status.output
