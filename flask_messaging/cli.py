@@ -14,7 +14,7 @@ from flask.cli import with_appcontext
 
 from .extension import MessagingState, get_state
 from .outbox import Backlog, Deferred, Relay, utcnow
-from .redaction import redact
+from .redaction import redact, redact_url
 from .subscription import Subscription
 
 __all__ = ["messaging_cli"]
@@ -182,7 +182,7 @@ def worker_command(
         state.redis.ping()
     except Exception as exc:
         raise click.ClickException(
-            f"Cannot reach Redis at {state.settings.redis_url}: {exc}"
+            f"Cannot reach Redis at {redact_url(state.settings.redis_url)}: {exc}"
         ) from None
     _require_signing_key(state)
     outbox_relay = None
@@ -314,7 +314,7 @@ def status_command(as_json: bool) -> None:
         workers = worker_status(state)
     except Exception as exc:
         raise click.ClickException(
-            f"Cannot read Redis at {state.settings.redis_url}: {exc}"
+            f"Cannot read Redis at {redact_url(state.settings.redis_url)}: {exc}"
         ) from None
     try:
         backlog = outbox_backlog(state)
@@ -338,7 +338,10 @@ def status_command(as_json: bool) -> None:
     body = [
         [
             q.name,
-            *(str(n) for n in (q.queued, q.started, q.scheduled, q.failed, q.finished)),
+            *(
+                "unreadable" if n is None else str(n)
+                for n in (q.queued, q.started, q.scheduled, q.failed, q.finished)
+            ),
         ]
         for q in queues
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis import Redis
 
-from .redaction import redact
+from .redaction import redact_url
 
 __all__ = ["MEMORY_URL", "connect", "is_memory_url"]
 
@@ -29,7 +29,7 @@ def connect(url: str) -> Redis:
         # Not chained, and the parser's words left out: a password with an
         # unencoded "/" or "#" makes it quote a piece of that password.
         raise ValueError(
-            f"MESSAGING_REDIS_URL {redact(url)!r} is not a Redis URL that can be"
+            f"MESSAGING_REDIS_URL {redact_url(url)!r} is not a Redis URL that can be"
             " parsed; use 'redis://[[user]:password@]host:6379/0', 'rediss://…',"
             " 'unix://…' or 'memory://', with any '/', '@', ':' or '#' in the user"
             " name or password percent-encoded."

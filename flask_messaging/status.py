@@ -14,7 +14,6 @@ from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.registry import (
-    BaseRegistry,
     FailedJobRegistry,
     FinishedJobRegistry,
     ScheduledJobRegistry,
@@ -29,6 +28,7 @@ from .errors import JobTooLargeError
 from .job_faults import describe
 from .job_hash import inflate
 from .redaction import redact
+from .redis_entries import decoded, is_wrong_type, members, page_of_members, shown
 from .serializer import JSONSerializer, ReadOnlySerializer
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ __all__ = [
     "UnreadableJob",
     "UnreadableWorker",
     "WorkerStatus",
+    "failed_job_ids",
     "fetch_jobs",
     "latest_result",
     "outbox_backlog",
@@ -54,6 +55,7 @@ __all__ = [
     "recent_failures",
     "requeue_failed",
     "requeue_failed_job",
+    "worker_keys",
     "worker_status",
 ]
 
@@ -62,12 +64,14 @@ logger = logging.getLogger("flask_messaging")
 
 @dataclass(frozen=True)
 class QueueStatus:
+    """Job counts of a queue; None where the key is not of RQ's type."""
+
     name: str
-    queued: int
-    started: int
-    scheduled: int
-    failed: int
-    finished: int
+    queued: int | None
+    started: int | None
+    scheduled: int | None
+    failed: int | None
+    finished: int | None
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,15 @@ def latest_result(connection: Redis, job_id: str, limit: int) -> LatestResult | 
 
     RQ's own ``Result`` inflates a failure's text whole; here it is
     inflated up to ``limit`` bytes (the job class's ``max_field_bytes``).
+    None without a result, or if its key is not RQ's stream.
     """
     key = Result.get_key(job_id)  # type: ignore[no-untyped-call]
-    entries: Any = connection.xrevrange(key, "+", "-", count=1)
+    try:
+        entries: Any = connection.xrevrange(key, "+", "-", count=1)
+    except RedisError as exc:
+        if not is_wrong_type(exc):
+            raise
+        return None
     if not entries:
         return None
     entry_id, payload = entries[0]
@@ -166,8 +176,9 @@ def fetch_jobs(
             ids, connection=connection, serializer=ReadOnlySerializer
         )
         return [job for job in jobs if job is not None]
-    except RedisError:
-        raise
+    except RedisError as exc:
+        if not is_wrong_type(exc):
+            raise
     except Exception:
         pass  # at least one is unreadable: read them one by one
     readable: list[Job | UnreadableJob] = []
@@ -180,8 +191,10 @@ def fetch_jobs(
             )
         except NoSuchJobError:
             continue
-        except RedisError:
-            raise
+        except RedisError as exc:
+            if not is_wrong_type(exc):
+                raise
+            readable.append(UnreadableJob(job_id, "The job's key is not a hash."))
         except Exception as exc:  # RQ raises anything, AssertionError included
             unreadable = (
                 TooLargeJob if isinstance(exc, JobTooLargeError) else UnreadableJob
@@ -205,26 +218,42 @@ def queue_names_in_redis(connection: Redis) -> list[str]:
     """The queue names Redis lists in ``rq:queues``, sorted.
 
     An entry that is not a queue key (``rq:queue:<name>``), which makes RQ's
-    ``Queue.all`` raise, is left out.
+    ``Queue.all`` raise, or is not UTF-8 text, is left out; so is the whole
+    set if ``rq:queues`` is not a set.
     """
     prefix = Queue.redis_queue_namespace_prefix
-    keys: set[bytes] = connection.smembers(Queue.redis_queues_keys)  # type: ignore[assignment]
-    names = (key.decode(errors="replace") for key in keys)
-    return sorted(name[len(prefix) :] for name in names if name.startswith(prefix))
+    names = (decoded(key) for key in members(connection, Queue.redis_queues_keys))
+    return sorted(
+        name[len(prefix) :] for name in names if name and name.startswith(prefix)
+    )
 
 
-def read_workers(connection: Redis) -> list[BaseWorker | UnreadableWorker]:
+def worker_keys(connection: Redis) -> list[bytes]:
+    """The entries of ``rq:workers`` (none if it is not a set), sorted."""
+    return sorted(members(connection, Worker.redis_workers_keys))
+
+
+def read_workers(
+    connection: Redis, keys: Sequence[bytes] | None = None
+) -> list[BaseWorker | UnreadableWorker]:
     """The workers Redis lists in ``rq:workers``, each read on its own.
 
     RQ's ``Worker.all`` raises for the whole list when one entry is not a
-    worker key or its hash does not parse; such an entry comes back as an
-    :class:`UnreadableWorker` instead. Jobs are read without unpickling.
+    worker key, its key is not a hash or its hash does not parse; such an
+    entry comes back as an :class:`UnreadableWorker` instead. Jobs are read
+    without unpickling.
+
+    :param keys: the entries to read (a page of :func:`worker_keys`);
+        default all.
     """
     prefix = Worker.redis_worker_namespace_prefix
-    keys: set[bytes] = connection.smembers(Worker.redis_workers_keys)  # type: ignore[assignment]
     found: list[BaseWorker | UnreadableWorker] = []
-    for key in sorted(k.decode(errors="replace") for k in keys):
-        name = key.removeprefix(prefix)
+    for raw in worker_keys(connection) if keys is None else keys:
+        key = decoded(raw)
+        name = shown(raw).removeprefix(prefix)
+        if key is None:
+            found.append(UnreadableWorker(name, "not UTF-8 text"))
+            continue
         if not key.startswith(prefix):
             found.append(UnreadableWorker(name, "not a worker key"))
             continue
@@ -235,8 +264,11 @@ def read_workers(connection: Redis) -> list[BaseWorker | UnreadableWorker]:
                 job_class=MessagingJob,
                 serializer=ReadOnlySerializer,
             )
-        except RedisError:
-            raise
+        except RedisError as exc:
+            if not is_wrong_type(exc):
+                raise
+            found.append(UnreadableWorker(name, "The worker's key is not a hash."))
+            continue
         except Exception as exc:  # a hash RQ cannot parse
             found.append(UnreadableWorker(name, _describe(exc)))
             continue
@@ -272,17 +304,18 @@ def queue_status(state: MessagingState) -> list[QueueStatus]:
     for name in state.queue_names():
         queue = _queue(state, name)
 
-        def count(registry: BaseRegistry) -> int:
-            return registry.get_job_count(cleanup=False)
+        def count(key: str) -> int | None:
+            found = page_of_members(state.redis, key, 0, 0)
+            return None if found is None else found[0]
 
         rows.append(
             QueueStatus(
                 name=name,
-                queued=queue.count,
-                started=count(StartedJobRegistry(queue=queue)),
-                scheduled=count(ScheduledJobRegistry(queue=queue)),  # type: ignore[no-untyped-call]
-                failed=count(FailedJobRegistry(queue=queue)),
-                finished=count(FinishedJobRegistry(queue=queue)),
+                queued=count(queue.key),
+                started=count(StartedJobRegistry(queue=queue).key),
+                scheduled=count(ScheduledJobRegistry(queue=queue).key),  # type: ignore[no-untyped-call]
+                failed=count(FailedJobRegistry(queue=queue).key),
+                finished=count(FinishedJobRegistry(queue=queue).key),
             )
         )
     return rows
@@ -321,7 +354,14 @@ def recent_failures(
             name, connection=state.redis, serializer=ReadOnlySerializer
         )
         # Scored by expiry: failure time plus the same TTL for every job.
-        ids = registry.get_job_ids(0, limit - 1, desc=True, cleanup=False)
+        page = page_of_members(state.redis, registry.key, 0, limit, descending=True)
+        ids = []
+        for raw in page[1] if page else []:
+            job_id = decoded(raw)
+            if job_id is None:
+                failures.append(_unreadable_failure(shown(raw), name, _NOT_TEXT))
+            else:
+                ids.append(job_id)
         job_class = job_class_for(state.settings.max_message_bytes, for_display=True)
         for job in fetch_jobs(state.redis, ids, job_class):
             if isinstance(job, UnreadableJob):
@@ -351,14 +391,27 @@ def recent_failures(
     return failures[:limit]
 
 
+_NOT_TEXT = "The job id is not UTF-8 text: empty the failed list to remove it."
+
+
+def _unreadable_failure(job_id: str, queue: str, error: str) -> Failure:
+    return Failure(job_id, queue, UnreadableJob.description, error, None)
+
+
+def failed_job_ids(state: MessagingState, name: str) -> list[str]:
+    """The ids in queue ``name``'s failed list that can be ids (UTF-8 text)."""
+    page = page_of_members(state.redis, _failed(state, name).key, 0, 2**62)
+    ids = (decoded(raw) for raw in (page[1] if page else ()))
+    return [job_id for job_id in ids if job_id is not None]
+
+
 def requeue_failed(state: MessagingState, queues: tuple[str, ...] = ()) -> int:
     """Put every failed job of ``queues`` (default: all) back on its queue."""
     count = 0
     for name in queues or state.queue_names():
         registry = _failed(state, name)
-        count += sum(
-            _requeue(registry, job_id) for job_id in registry.get_job_ids(cleanup=False)
-        )
+        ids = failed_job_ids(state, name)
+        count += sum(_requeue(registry, job_id) for job_id in ids)
     return count
 
 
@@ -373,8 +426,13 @@ def _requeue(registry: FailedJobRegistry, job_id: str) -> bool:
         registry.requeue(job_id)
     except (NoSuchJobError, InvalidJobOperation):
         return False  # expired or requeued meanwhile
-    except RedisError:
-        raise
+    except RedisError as exc:
+        if not is_wrong_type(exc):
+            raise
+        logger.warning(
+            "Failed job %s is not a job hash: it stays failed; delete it.", job_id
+        )
+        return False
     except Exception as exc:  # a hash RQ cannot parse
         logger.warning(
             "Failed job %s cannot be read (%s): it stays failed; delete it.",

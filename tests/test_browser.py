@@ -361,3 +361,42 @@ def test_buttons_act_and_a_page_elsewhere_cannot(
         page.locator("tr", has_text=second).locator("button").click()
     assert failed.get_job_ids() == []
     no_script_ran()
+
+
+def test_a_queue_named_with_a_slash_is_opened_and_acted_on_and_queues_page(
+    operator: tuple[Any, Callable[[], None]], dashboard: tuple[Flask, str]
+) -> None:
+    from rq import Queue
+    from rq.registry import FailedJobRegistry
+
+    page, no_script_ran = operator
+    app, url = dashboard
+    jobs = publish_notes(app, "note")
+    redis = get_state(app).redis
+    # RQ takes any queue name: a job that failed on "a/b".
+    failed = FailedJobRegistry("a/b", connection=redis)
+    redis.copy(f"rq:job:{jobs.failed}", "rq:job:slashed")
+    redis.copy(f"rq:results:{jobs.failed}", "rq:results:slashed")
+    redis.hset("rq:job:slashed", "origin", "a/b")
+    redis.zadd(failed.key, {"slashed": 9e9})
+    redis.sadd("rq:queues", "rq:queue:a/b")
+    redis.sadd("rq:queues", *(f"rq:queue:z{n:03}" for n in range(60)))
+
+    page.goto(f"{url}/rq/")
+    row = page.locator("table#queues tbody tr", has_text="a/b")
+    row.locator("td").nth(6).locator("a").click()  # its failed count
+    page.wait_for_url(f"{url}/rq/0/view/jobs/a/b/failed/8/asc/1")
+    job = page.locator("table#jobs tbody tr", has_text="slashed")
+    job.locator("button[data-job-action=requeue]").click()
+    job.wait_for(state="detached")
+    assert failed.get_job_ids() == []
+    assert Queue("a/b", connection=redis).get_job_ids() == ["slashed"]
+
+    page.goto(f"{url}/rq/")
+    page.locator("table#queues tbody tr", has_text="a/b").wait_for()
+    assert page.locator("table#queues tbody tr").count() == 50
+    page.locator("#pages button", has_text="\u203a").click()
+    page.locator("table#queues tbody tr", has_text="z059").wait_for()
+    assert page.locator("table#queues tbody tr", has_text="a/b").count() == 0
+    assert "Page 2 of 2" in page.locator("#pages").inner_text()
+    no_script_ran()

@@ -350,15 +350,16 @@ def test_same_origin_posts_requeue_and_delete(app: Flask) -> None:
 def test_messaging_page_requeues_a_failed_job(app: Flask) -> None:
     jobs = publish_notes(app, "note")
     client = app.test_client()
-    path = f"/rq/messaging/failed/{HIGH_PRIORITY}/{jobs.failed}/requeue"
-    response = client.post(path, headers={**basic(), **SAME_ORIGIN})
+    path = "/rq/messaging/failed/requeue"
+    form = {"queue": HIGH_PRIORITY, "job": jobs.failed}
+    headers = {**basic(), **SAME_ORIGIN}
+    response = client.post(path, data=form, headers=headers)
     assert response.status_code == 303
     assert response.headers["Location"] == "/rq/messaging/"
     assert failed_and_queued(app) == ([], [jobs.failed])
-    again = client.post(path, headers={**basic(), **SAME_ORIGIN})
-    assert again.status_code == 404
-    unknown = f"/rq/messaging/failed/elsewhere/{jobs.failed}/requeue"
-    assert client.post(unknown, headers={**basic(), **SAME_ORIGIN}).status_code == 404
+    assert client.post(path, data=form, headers=headers).status_code == 404
+    unknown = {"queue": "elsewhere", "job": jobs.failed}
+    assert client.post(path, data=unknown, headers=headers).status_code == 404
 
 
 # -- Jobs are read safely -------------------------------------------------------
@@ -523,13 +524,19 @@ def test_what_redis_does_not_hold_answers_404_before_any_template(app: Flask) ->
         ("POST", f"/rq/queue/{name}/queued/empty"),
         ("POST", f"/rq/queue/{HIGH_PRIORITY}/{name}/empty"),
         ("POST", f"/rq/queue/{name}/compact"),
-        ("POST", f"/rq/messaging/failed/{name}/{jobs.failed}/requeue"),
-        ("POST", f"/rq/messaging/failed/{HIGH_PRIORITY}/{name}/requeue"),
+    ]
+    requeue = "/rq/messaging/failed/requeue"
+    forms = [
+        {"queue": SCRIPT_BREAKER, "job": jobs.failed},
+        {"queue": HIGH_PRIORITY, "job": SCRIPT_BREAKER},
     ]
     with templates_rendered(app) as rendered:
-        for method, path in requests:
+        for method, path, form in [
+            *((method, path, None) for method, path in requests),
+            *(("POST", requeue, form) for form in forms),
+        ]:
             response = client.open(
-                path, method=method, headers={**basic(), **SAME_ORIGIN}
+                path, method=method, data=form, headers={**basic(), **SAME_ORIGIN}
             )
             assert response.status_code == 404, path
             assert response.mimetype == "text/plain", path
@@ -621,7 +628,7 @@ def test_no_rq_dashboard_template_is_rendered_and_every_view_is_reviewed(
         if endpoint.startswith("rq_dashboard.")
         and not view.__module__.startswith("flask_messaging.")
     }
-    assert kept == set(RQ_KEPT) == {"static", "favicon", "compact_queue"}
+    assert kept == set(RQ_KEPT) == {"static", "favicon"}
 
 
 def test_queue_and_worker_entries_rq_cannot_read_are_listed_not_a_failure(
@@ -716,11 +723,19 @@ def test_messaging_page_shows_subscribers_queues_and_failures(app: Flask) -> Non
     assert failure[2] == f"{REFUSE_DESCRIPTION} {jobs.failed}"
     assert failure[3] == "RuntimeError: refused a note"
     row = next(r for r in re.findall(r"<tr>.*?</tr>", page, re.S) if jobs.failed in r)
-    assert f'action="/rq/messaging/failed/{HIGH_PRIORITY}/{jobs.failed}/requeue"' in row
+    assert 'action="/rq/messaging/failed/requeue"' in row
+    assert f'name="queue" value="{HIGH_PRIORITY}"' in row
+    assert f'name="job" value="{jobs.failed}"' in row
     assert 'method="post"' in row
     assert "No outbox" in page
     assert response.headers["X-Frame-Options"] == "DENY"
-    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "base-uri 'none'" in policy
+    assert "style-src 'self'" in policy and "unsafe-inline" not in policy
+    (sheet,) = re.findall(r'<link rel="stylesheet" href="([^"]+)"', page)
+    served = app.test_client().get(sheet, headers=basic())
+    assert served.status_code == 200 and served.mimetype == "text/css"
+    served.close()
     assert response.headers["Cache-Control"] == "no-store"
 
 
@@ -831,6 +846,14 @@ def test_workers_page_shows_the_running_job_without_its_payload(
     assert worker["current_job"]["call_string"] == description
     response = client.get("/rq/0/data/workers.json", headers=basic())
     assert "<img" not in response.text
+    # The started list names each job once, by id (RQ stores "id:execution").
+    for order in ("asc", "dsc"):
+        path = f"/rq/0/data/jobs/{DEFAULT_PRIORITY}/started/8/{order}/1.json"
+        started = client.get(path, headers=basic()).json
+        assert [job["id"] for job in started["jobs"]] == [
+            worker["current_job"]["job_id"]
+        ]
+        assert started["jobs"][0]["description"] == description
 
 
 def test_each_app_gets_its_own_redis_and_rq_dashboard_is_not_patched(

@@ -37,8 +37,9 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, request
 from rq_dashboard import web
 
-from ..redaction import redact
+from ..redaction import redact_url
 from .page import PAGE_BLUEPRINT, page
+from .routes import add_slash_rules
 from .rq_pages import RQ_PAGES, missing
 from .rq_views import (
     RQ_BLUEPRINT,
@@ -87,11 +88,12 @@ def init_dashboard(app: Flask, state: MessagingState) -> None:
     prefix = prefix.rstrip("/")
     app.register_blueprint(web.blueprint, url_prefix=prefix)
     app.register_blueprint(page, url_prefix=f"{prefix}/messaging")
+    add_slash_rules(app, RQ_BLUEPRINT)
 
     hooks = app.before_request_funcs.setdefault(RQ_BLUEPRINT, [])
     hooks[:] = [use_app_redis, *(f for f in hooks if f is not web.push_rq_connection)]
     # Only shown, in its navigation bar: no connection is made from it.
-    app.config["RQ_DASHBOARD_REDIS_URL"] = (redact(state.settings.redis_url),)
+    app.config["RQ_DASHBOARD_REDIS_URL"] = (redact_url(state.settings.redis_url),)
     replaced: dict[str, Callable[..., Any]] = {**RQ_VIEWS, **RQ_PAGES}
     for name in rq_endpoints(app) - RQ_KEPT:
         # Views of a newer rq-dashboard are refused until reviewed here.

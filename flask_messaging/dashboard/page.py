@@ -7,10 +7,10 @@ import logging
 from flask import (
     Blueprint,
     Response,
-    abort,
     make_response,
     redirect,
     render_template,
+    request,
     url_for,
 )
 from redis.exceptions import RedisError
@@ -27,6 +27,7 @@ from ..status import (
     recent_failures,
     requeue_failed_job,
 )
+from .rq_views import text
 
 __all__ = ["PAGE_BLUEPRINT", "page"]
 
@@ -41,9 +42,10 @@ page = Blueprint(
     PAGE_BLUEPRINT, __name__, template_folder="templates", static_folder="static"
 )
 
-# The page needs no script and loads nothing from elsewhere.
+# The page needs no script and loads nothing from elsewhere: its style sheet
+# is a file of this blueprint.
 _PAGE_POLICY = (
-    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self';"
+    "default-src 'none'; style-src 'self'; form-action 'self'; base-uri 'none';"
     " frame-ancestors 'none'"
 )
 
@@ -84,14 +86,20 @@ def index() -> Response:
     return response
 
 
-@page.post("/failed/<queue_name>/<job_id>/requeue")
-def requeue(queue_name: str, job_id: str) -> BaseResponse:
-    """Move a failed job back onto its queue."""
+@page.post("/failed/requeue")
+def requeue() -> BaseResponse:
+    """Move a failed job back onto its queue.
+
+    The queue and the job id are form fields (``queue``, ``job``), not parts
+    of the path: either may hold a ``/``.
+    """
     state = get_state()
+    queue_name = request.form.get("queue", "")
+    job_id = request.form.get("job", "")
     if queue_name not in state.queue_names():
-        abort(404)
-    if not requeue_failed_job(state, queue_name, job_id):
-        abort(404)
+        return text(404, "There is no queue of that name among the app's queues.")
+    if not job_id or not requeue_failed_job(state, queue_name, job_id):
+        return text(404, "There is no failed job with that id in that queue.")
     return redirect(url_for(".index"), 303)
 
 

@@ -20,17 +20,22 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Response, current_app, make_response, render_template
+from redis.exceptions import ResponseError
 from rq import Queue
 from rq.job import Job
 from rq.version import VERSION as RQ_VERSION
 from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
 
 from ..extension import get_state
-from ..redaction import redact
+from ..redaction import redact_url
+from ..redis_entries import is_wrong_type
 from ..status import queue_names_in_redis
 
 __all__ = [
+    "MAX_PAGE",
+    "MAX_PER_PAGE",
     "ORDERS",
+    "QUEUES_IN_MENU",
     "REGISTRY_NAMES",
     "RQ_PAGES",
     "job_exists",
@@ -51,6 +56,12 @@ REGISTRY_NAMES = (
     "canceled",
 )
 ORDERS = ("asc", "dsc")
+#: The largest page size a job list shows (its page's input allows as much):
+#: a page of jobs just under the size bound each is read one job at a time,
+#: but no more than this many ids.
+MAX_PER_PAGE = 100
+#: The largest page number a URL may ask for.
+MAX_PAGE = 10**9
 
 
 def script_policy(nonce: str) -> str:
@@ -62,10 +73,17 @@ def script_policy(nonce: str) -> str:
     )
 
 
-def known_queues() -> list[str]:
-    """Queue names Redis holds (``rq:queues``) and the app's own, sorted."""
+#: Queue names offered in the jobs page's menu, at most (the app's own and
+#: the one shown always are).
+QUEUES_IN_MENU = 200
+
+
+def known_queues(current: str) -> list[str]:
+    """The jobs page's menu: the app's queues, ``current`` and the first
+    :data:`QUEUES_IN_MENU` names of ``rq:queues``, sorted."""
     state = get_state()
-    return sorted({*queue_names_in_redis(state.redis), *state.queue_names()})
+    listed = queue_names_in_redis(state.redis)[:QUEUES_IN_MENU]
+    return sorted({*listed, *state.queue_names(), current})
 
 
 def queue_exists(name: str) -> bool:
@@ -74,7 +92,12 @@ def queue_exists(name: str) -> bool:
     if name in state.queue_names():
         return True
     key = Queue.redis_queue_namespace_prefix + name
-    return bool(state.redis.sismember(Queue.redis_queues_keys, key))
+    try:
+        return bool(state.redis.sismember(Queue.redis_queues_keys, key))
+    except ResponseError as exc:
+        if is_wrong_type(exc):  # rq:queues is not a set: it lists nothing
+            return False
+        raise
 
 
 def job_exists(job_id: str) -> bool:
@@ -90,7 +113,7 @@ def _render(page_name: str, **context: Any) -> Response:
             f"messaging/rq/{page_name}.html",
             page_name=page_name,
             csp_nonce=nonce,
-            redis_url=redact(get_state().settings.redis_url),
+            redis_url=redact_url(get_state().settings.redis_url),
             rq_version=RQ_VERSION,
             rq_dashboard_version=RQ_DASHBOARD_VERSION,
             poll_interval=int(config.get("RQ_DASHBOARD_POLL_INTERVAL", 2500)),
@@ -118,11 +141,12 @@ def _jobs_view(
     order: str,
     page: int,
 ) -> Response:
+    queue_name = queue_name or get_state().queue_names()[0]
     return _render(
         "jobs",
         active="jobs",
-        queue_name=queue_name or get_state().queue_names()[0],
-        queues=known_queues(),
+        queue_name=queue_name,
+        queues=known_queues(queue_name),
         registry_name=registry_name,
         registry_names=REGISTRY_NAMES,
         per_page=per_page,
@@ -151,11 +175,24 @@ def missing(view_args: dict[str, Any]) -> str | None:
         return f"A job list is one of: {', '.join(REGISTRY_NAMES)}."
     if view_args.get("order", "asc") not in ORDERS:
         return "Jobs are listed in 'asc' or 'dsc' order."
-    for name in ("per_page", "page"):
-        value = str(view_args.get(name, 1))
-        if not (value.isascii() and value.isdigit()) or int(value) < 1:
-            return "Pages and page sizes are whole numbers from 1."
+    if not _whole_number(view_args.get("per_page", 1), MAX_PER_PAGE):
+        return f"A page size is a whole number from 1 to {MAX_PER_PAGE}."
+    if not _whole_number(view_args.get("page", 1), MAX_PAGE):
+        return f"A page number is a whole number from 1 to {MAX_PAGE}."
     return None
+
+
+def _whole_number(value: object, top: int) -> bool:
+    # Length first: int() of a text of more than 4300 digits raises.
+    if isinstance(value, int):
+        return 1 <= value <= top
+    text = str(value)
+    return (
+        text.isascii()
+        and text.isdigit()
+        and len(text) <= len(str(top))
+        and 1 <= int(text) <= top
+    )
 
 
 #: rq-dashboard 0.9 page views, by endpoint name, replaced by ours.

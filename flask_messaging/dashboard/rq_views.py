@@ -22,6 +22,7 @@ from flask import (
     abort,
     current_app,
     jsonify,
+    request,
     url_for,
 )
 from redis.exceptions import RedisError
@@ -43,8 +44,15 @@ from rq_dashboard import web
 
 from ..dispatch import MessagingJob, job_class_for
 from ..extension import get_state
-from ..redaction import redact
-from ..serializer import JSONSerializer, ReadOnlySerializer
+from ..redaction import redact, redact_data
+from ..redis_entries import (
+    decoded,
+    is_wrong_type,
+    key_type,
+    page_of_members,
+    shown,
+)
+from ..serializer import JSONSerializer
 from ..status import (
     UnreadableJob,
     UnreadableWorker,
@@ -54,6 +62,7 @@ from ..status import (
     read_workers,
     requeue_failed,
     requeue_failed_job,
+    worker_keys,
 )
 
 if TYPE_CHECKING:
@@ -93,10 +102,6 @@ def rq_endpoints(app: Flask) -> set[str]:
     }
 
 
-#: The most jobs a page of the job list reads (rq-dashboard offers 5 to 100).
-MAX_PAGE_SIZE = 100
-
-
 def _job_class() -> type[MessagingJob]:
     """The app's job class for reading: bounded, keeping no payload."""
     return job_class_for(get_state().settings.max_message_bytes, for_display=True)
@@ -120,6 +125,11 @@ def _plain(values: dict[str, Any]) -> dict[str, Any]:
 
 def _redacted(text: str | None) -> str | None:
     return None if text is None else redact(text)
+
+
+def _shown_data(value: object) -> str:
+    """JSON text of a job's meta or result, secret-named values masked."""
+    return json.dumps(redact_data(value), default=lambda v: redact(repr(v)))
 
 
 def _json(data: dict[str, Any], status: int = 200) -> Response:
@@ -160,7 +170,7 @@ def _job_info(instance_number: int, job_id: str) -> Response:
                 result.text if result is not None and failed else None
             ),
             "description": job.description,
-            "metadata": redact(json.dumps(job.meta, default=repr)),
+            "metadata": _shown_data(job.meta),
         }
     )
 
@@ -173,16 +183,22 @@ def _list_jobs(
     order: str,
     page: str,
 ) -> Response:
-    try:
-        size, current = int(per_page), int(page)
-    except ValueError:
-        abort(404)
-    if not 1 <= size <= MAX_PAGE_SIZE or current < 1:
-        abort(404)
+    # Bounds checked by rq_pages.missing before this view runs.
+    size, current = int(per_page), int(page)
     connection = _redis()
-    queue = Queue(queue_name, connection=connection, serializer=ReadOnlySerializer)
-    total, ids = _page_of_ids(queue, registry_name, size, current, order == "dsc")
-    jobs = fetch_jobs(connection, ids, _job_class())
+    key = _list_key(queue_name, registry_name)
+    offset = (current - 1) * size
+    found = page_of_members(
+        connection, key, offset, offset + size, descending=order == "dsc"
+    )
+    total, raw_ids = found or (0, [])
+    ids = [_job_id(registry_name, raw) for raw in raw_ids]
+    rows = [_job_row(job) for job in fetch_jobs(connection, _texts(ids), _job_class())]
+    rows += [
+        {**_job_row(UnreadableJob(shown(raw), _NOT_TEXT)), "unlisted": True}
+        for raw, job_id in zip(raw_ids, ids, strict=True)
+        if job_id is None
+    ]
 
     def link(number: int) -> dict[str, Any]:
         return {
@@ -214,37 +230,46 @@ def _list_jobs(
         {
             "name": queue_name,
             "registry_name": registry_name,
-            "jobs": [_job_row(job) for job in jobs],
+            "jobs": rows,
             "pagination": pagination,
+            **({} if found else {"error": _wrong_type(key, registry_name)}),
         }
     )
 
 
-def _page_of_ids(
-    queue: Queue, registry_name: str, size: int, page: int, descending: bool
-) -> tuple[int, list[str]]:
-    registry: Queue | BaseRegistry = queue
-    if registry_name != "queued":
-        registry_class = _REGISTRIES.get(registry_name)
-        if registry_class is None:
-            abort(404)
-        registry = registry_class(queue=queue, job_class=_job_class())
-    if isinstance(registry, BaseRegistry):
-        total = registry.get_job_count(cleanup=False)
-    else:
-        total = registry.count
-    offset = (page - 1) * size
-    if descending:
-        start, end = max(0, total - offset - size), total - offset
-    else:
-        start, end = offset, min(total, offset + size)
-    if end <= start:
-        return total, []
-    if isinstance(registry, BaseRegistry):
-        ids = registry.get_job_ids(start, end - 1, cleanup=False)
-    else:
-        ids = registry.get_job_ids(start, end - start)
-    return total, ids[::-1] if descending else ids
+_NOT_TEXT = "The job id is not UTF-8 text: Empty removes it from this list."
+
+
+def _job_id(registry_name: str, entry: bytes) -> str | None:
+    """The job id of a list or registry entry; None if it is not UTF-8 text.
+
+    The started registry's entries are ``<job id>:<execution id>``: RQ's own
+    ``parse_job_id`` of each registry reads them.
+    """
+    text = decoded(entry)
+    if text is None or registry_name == "queued":
+        return text
+    return _REGISTRIES[registry_name].parse_job_id(text)
+
+
+def _texts(ids: list[str | None]) -> list[str]:
+    """``ids`` without the Nones, each once, in order."""
+    return list(dict.fromkeys(job_id for job_id in ids if job_id is not None))
+
+
+def _list_key(queue_name: str, registry_name: str) -> str:
+    """The Redis key of a queue's list of jobs (``queued``) or of a registry."""
+    if registry_name == "queued":
+        return str(Queue(queue_name, connection=_redis()).key)
+    registry_class = _REGISTRIES.get(registry_name)
+    if registry_class is None:
+        abort(404)
+    return registry_class(queue_name, connection=_redis()).key
+
+
+def _wrong_type(key: str, registry_name: str) -> str:
+    kind = "list" if registry_name == "queued" else "sorted set"
+    return f"Redis key {key} is not a {kind}: Empty deletes it."
 
 
 def _job_row(job: Job | UnreadableJob) -> dict[str, Any]:
@@ -269,10 +294,53 @@ def _job_row(job: Job | UnreadableJob) -> dict[str, Any]:
     }
 
 
+#: Workers and queues listed per page of workers.json and queues.json.
+LISTED_PER_PAGE = 50
+
+
+def _listing_page() -> int:
+    """The ``page`` query argument of a listing: 1 to MAX_PAGE, else 404."""
+    value = request.args.get("page", "1")
+    if not (value.isascii() and value.isdigit() and len(value) <= 9):
+        abort(404)
+    if int(value) < 1:
+        abort(404)
+    return int(value)
+
+
+def _listing(names: list[Any], number: int, endpoint: str) -> dict[str, Any]:
+    """Where page ``number`` of ``names`` (LISTED_PER_PAGE each) sits."""
+    last = max(1, ceil(len(names) / LISTED_PER_PAGE))
+
+    def link(page: int) -> str:
+        return url_for(f"{RQ_BLUEPRINT}.{endpoint}", instance_number=0, page=page)
+
+    return {
+        "current_page": number,
+        "num_pages": last,
+        "total": len(names),
+        **({"prev_page": {"url": link(number - 1)}} if number > 1 else {}),
+        **({"next_page": {"url": link(number + 1)}} if number < last else {}),
+    }
+
+
+def _page_slice(names: list[Any], number: int) -> list[Any]:
+    start = (number - 1) * LISTED_PER_PAGE
+    return names[start : start + LISTED_PER_PAGE]
+
+
 def _list_workers(instance_number: int) -> Response:
-    workers = [_worker_row(worker) for worker in read_workers(_redis())]
+    # Names are sorted and paged before any worker hash is read.
+    number = _listing_page()
+    keys = worker_keys(_redis())
+    workers = [
+        _worker_row(worker)
+        for worker in read_workers(_redis(), _page_slice(keys, number))
+    ]
     workers.sort(key=lambda w: (w["state"], w["queues"], w["name"]))
-    return _json({"workers": workers})
+    return _json(
+        {"workers": workers, "pagination": _listing(keys, number, "list_workers")}
+    )
 
 
 def _worker_row(worker: BaseWorker | UnreadableWorker) -> dict[str, Any]:
@@ -323,12 +391,46 @@ def _current_job(worker: BaseWorker) -> Job | UnreadableJob | None:
 
 def _list_queues(instance_number: int) -> Response:
     # Not Queue.all(): one entry of rq:queues that is not a queue key made
-    # it, and the whole page, fail.
+    # it, and the whole page, fail. Seven counts a queue: only a page's worth.
+    number = _listing_page()
     connection = _redis()
-    queues = [
-        Queue(name, connection=connection) for name in queue_names_in_redis(connection)
+    names = queue_names_in_redis(connection)
+    rows = [
+        _queue_row(instance_number, Queue(name, connection=connection))
+        for name in _page_slice(names, number)
     ]
-    return _json({"queues": web.serialize_queues(instance_number, queues)})
+    return _json({"queues": rows, "pagination": _listing(names, number, "list_queues")})
+
+
+#: The counts of a queues.json row, by the job list each one links to.
+_COUNTED = {
+    "count": "queued",
+    "deferred_job_registry_count": "deferred",
+    "scheduled_job_registry_count": "scheduled",
+    "started_job_registry_count": "started",
+    "finished_job_registry_count": "finished",
+    "failed_job_registry_count": "failed",
+    "canceled_job_registry_count": "canceled",
+}
+
+
+def _queue_row(instance_number: int, queue: Queue) -> dict[str, Any]:
+    """rq-dashboard's row of a queue; a key of another type counts "unreadable"."""
+    row: dict[str, Any] = {"name": queue.name}
+    for field, registry_name in _COUNTED.items():
+        key = _list_key(queue.name, registry_name)
+        found = page_of_members(queue.connection, key, 0, 0)
+        row[field] = "unreadable" if found is None else found[0]
+        row[f"{registry_name}_url"] = url_for(
+            f"{RQ_BLUEPRINT}.jobs_overview",
+            instance_number=instance_number,
+            queue_name=queue.name,
+            registry_name=registry_name,
+            per_page=8,
+            order="asc",
+            page=1,
+        )
+    return row
 
 
 def _delete_job_view(job_id: str) -> Response:
@@ -347,8 +449,10 @@ def _delete(job_id: str, registry: BaseRegistry | None = None) -> bool:
         if registry is not None and not isinstance(registry, StartedJobRegistry):
             registry.remove(job_id)  # an id whose job expired
         return False
-    except RedisError:
-        raise
+    except RedisError as exc:
+        if not is_wrong_type(exc):
+            raise
+        return _delete_unreadable(job_id, registry)  # a job key that is not a hash
     except Exception:  # refused, unreadable, too large, or an id RQ refuses
         return _delete_unreadable(job_id, registry)
     job.delete()
@@ -360,26 +464,28 @@ def _delete_unreadable(job_id: str, registry: BaseRegistry | None) -> bool:
 
     Only its origin is read (a plain string, at most the field bound): it
     names the queue and registries that may list the job, besides the
-    registry it was found in.
+    registry it was found in; without one (a key of another type), the app's
+    queues.
     """
     connection = _redis()
-    key = MessagingJob.key_for(job_id)
-    origin: Any = connection.hget(key, "origin")
-    registries = [] if registry is None else [registry]
-    if origin is not None and len(origin) <= _job_class().max_field_bytes:
-        queue = Queue(
-            origin.decode(errors="replace"),
-            connection=connection,
-            serializer=JSONSerializer,
-        )
-        registries += [cls(queue=queue) for cls in _REGISTRIES.values()]
-        connection.lrem(queue.key, 0, job_id)
-    for each in registries:
-        connection.zrem(each.key, job_id)
-    results = Result.get_key(job_id)  # type: ignore[no-untyped-call]
-    return bool(
-        connection.delete(key, MessagingJob.dependents_key_for(job_id), results)
-    )
+    key = Job.key_for(job_id)
+    origin = None
+    if key_type(connection, key) == "hash":
+        origin = connection.hget(key, "origin")
+    names = {registry.name} if registry is not None else set()
+    if not isinstance(origin, bytes) or len(origin) > _job_class().max_field_bytes:
+        names.update(get_state().queue_names())
+    elif origin:
+        names.add(origin.decode(errors="replace"))
+    with connection.pipeline() as pipe:
+        for name in names:
+            pipe.lrem(Queue(name, connection=connection).key, 0, job_id)
+            for registry_class in _REGISTRIES.values():
+                pipe.zrem(registry_class(name, connection=connection).key, job_id)
+        results = Result.get_key(job_id)  # type: ignore[no-untyped-call]
+        pipe.delete(key, Job.dependents_key_for(job_id), results)
+        deleted = pipe.execute()[-1]
+    return bool(deleted)
 
 
 def _requeue_job_view(job_id: str) -> Response:
@@ -407,28 +513,62 @@ def _empty_queue(queue_name: str, registry_name: str) -> Response:
     if current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"):
         return _json({"status": "DISABLED"})
     connection = _redis()
+    key = _list_key(queue_name, registry_name)
+    kind = key_type(connection, key)
+    if kind not in ("none", "list" if registry_name == "queued" else "zset"):
+        connection.delete(key)  # not RQ's: nothing in it can be read as a job
+        return _json({"status": "OK"})
     if registry_name == "queued":
         queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
         queue.empty()  # type: ignore[no-untyped-call]
         return _json({"status": "OK"})
-    registry_class = _REGISTRIES.get(registry_name)
-    if registry_class is None:
-        abort(404)
-    registry = registry_class(
+    registry = _REGISTRIES[registry_name](
         queue_name, connection=connection, serializer=JSONSerializer
     )
-    for job_id in registry.get_job_ids(cleanup=False):
-        _delete(job_id, registry)
+    found = page_of_members(connection, key, 0, 2**62)
+    for raw in found[1] if found else []:
+        job_id = _job_id(registry_name, raw)
+        if job_id is None:
+            connection.zrem(key, raw)  # no job can have this id
+        elif not _delete(job_id, registry):
+            connection.zrem(key, raw)  # its job is gone: a stale entry
     return _json({"status": "OK"})
+
+
+def _compact_queue(queue_name: str) -> Response:
+    """Remove the ids of jobs that no longer exist from a queue's list.
+
+    Not RQ's ``Queue.compact``: it renames the list first (an error on an
+    empty queue) and stops at an id that is not UTF-8 text with the rest of
+    the ids still in the renamed list.
+    """
+    connection = _redis()
+    key = Queue(queue_name, connection=connection).key
+    kind = key_type(connection, key)
+    if kind not in ("none", "list"):
+        return _json({"status": "ERROR", "error": _wrong_type(key, "queued")}, 409)
+    found = page_of_members(connection, key, 0, 2**62)
+    ids = found[1] if found else []
+    prefix = Job.redis_job_namespace_prefix.encode()
+    with connection.pipeline(transaction=False) as pipe:
+        for raw in ids:
+            pipe.exists(prefix + raw)
+        exists = pipe.execute()
+    gone = {raw for raw, there in zip(ids, exists, strict=True) if not there}
+    if gone:
+        with connection.pipeline(transaction=False) as pipe:
+            for raw in gone:
+                pipe.lrem(key, 0, raw)  # type: ignore[arg-type]
+            pipe.execute()
+    return _json({"status": "OK", "count": len(gone)})
 
 
 def unreviewed(**kwargs: Any) -> Response:
     return text(404, "This rq-dashboard view is not enabled by flask-messaging.")
 
 
-#: rq-dashboard 0.9 views kept: they read no job (compact only checks which
-#: job keys exist) and render no template.
-RQ_KEPT = frozenset({"static", "favicon", "compact_queue"})
+#: rq-dashboard 0.9 views kept: they read nothing from Redis.
+RQ_KEPT = frozenset({"static", "favicon"})
 
 #: rq-dashboard 0.9 JSON views and actions replaced: the originals unpickle
 #: jobs or show job arguments. Its pages are replaced by :data:`.rq_pages.RQ_PAGES`.
@@ -441,4 +581,5 @@ RQ_VIEWS: dict[str, Callable[..., Any]] = {
     "requeue_job_view": _requeue_job_view,
     "requeue_all": _requeue_all,
     "empty_queue": _empty_queue,
+    "compact_queue": _compact_queue,
 }

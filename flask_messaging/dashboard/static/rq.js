@@ -127,6 +127,45 @@
     return el("a", { href: sameSite(url) }, children);
   }
 
+  // A listing in pages (queues.json, workers.json): the arrows load the
+  // page the answer names, the next poll stays on it.
+  function listing(firstUrl, show) {
+    var pages = document.getElementById("pages");
+    var url = firstUrl;
+
+    function arrow(target, label) {
+      if (!target) {
+        return el("li", { class: "page-item disabled" }, [
+          el("span", { class: "page-link" }, [label]),
+        ]);
+      }
+      var button = el("button", { type: "button", class: "page-link" }, [label]);
+      button.addEventListener("click", function () {
+        url = sameSite(target.url);
+        load().then(clearError, showError);
+      });
+      return el("li", { class: "page-item" }, [button]);
+    }
+
+    function load() {
+      return getJSON(url).then(function (answer) {
+        show(answer);
+        var p = answer.pagination;
+        pages.replaceChildren(
+          arrow(p.prev_page, "\u2039"),
+          el("li", { class: "page-item disabled" }, [
+            el("span", { class: "page-link" }, [
+              "Page " + text(p.current_page) + " of " + text(p.num_pages) +
+                " (" + text(p.total) + ")",
+            ]),
+          ]),
+          arrow(p.next_page, "\u203a")
+        );
+      });
+    }
+    every(load);
+  }
+
   // -- Queues ------------------------------------------------------------
 
   function queuesPage() {
@@ -140,8 +179,7 @@
       ["failed_job_registry_count", "failed_url"],
       ["canceled_job_registry_count", "canceled_url"],
     ];
-    every(function () {
-      return getJSON(data.queues).then(function (answer) {
+    listing(data.queues, function (answer) {
         var rows = answer.queues.map(function (queue) {
           var cells = [el("td", {}, [link(queue.queued_url, [text(queue.name)])])];
           counts.forEach(function (pair) {
@@ -154,7 +192,6 @@
           return el("tr", {}, cells);
         });
         fill(tbody, rows, 8, "No queues.");
-      });
     });
   }
 
@@ -162,8 +199,7 @@
 
   function workersPage() {
     var tbody = document.querySelector("table#workers tbody");
-    every(function () {
-      return getJSON(data.workers).then(function (answer) {
+    listing(data.workers, function (answer) {
         var rows = answer.workers.map(function (worker) {
           var job = worker.current_job;
           var current =
@@ -185,7 +221,6 @@
           ]);
         });
         fill(tbody, rows, 4, "No workers.");
-      });
     });
   }
 
@@ -208,6 +243,14 @@
         first.push(el("pre", { class: "exc_info" }, [text(job.exc_info)]));
       }
       var actions = [];
+      if (job.unlisted) {
+        // An id that is not text: no URL can name it; Empty removes it.
+        return el("tr", {}, [
+          el("td", {}, first),
+          el("td", {}, [when(job.created_at)]),
+          el("td", { class: "narrow" }, []),
+        ]);
+      }
       if (job.exc_info) {
         actions.push(
           el("button", { type: "button", class: "btn btn-outline-warning btn-sm",
@@ -240,7 +283,7 @@
 
     function load() {
       return getJSON(data.jobs).then(function (answer) {
-        fill(tbody, answer.jobs.map(jobRow), 3, "No jobs.");
+        fill(tbody, answer.jobs.map(jobRow), 3, answer.error || "No jobs.");
         var p = answer.pagination;
         var items = [pageItem(p.num_pages > 1 ? p.first_page : null, "\u00ab")];
         items.push(pageItem(p.prev_page || null, "\u2039"));
