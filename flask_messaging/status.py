@@ -30,6 +30,7 @@ from .job_faults import describe
 from .job_hash import inflate
 from .redaction import redact
 from .serializer import JSONSerializer, ReadOnlySerializer
+from .stored_ids import purge_ids
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -349,10 +350,18 @@ def recent_failures(state: MessagingState, limit: int = 50) -> list[Failure]:
 
 
 def requeue_failed(state: MessagingState, queues: tuple[str, ...] = ()) -> int:
-    """Put every failed job of ``queues`` (default: all) back on its queue."""
+    """Put every failed job of ``queues`` (default: all) back on its queue.
+
+    Entries of a failed registry that are not UTF-8 name no job: they are
+    removed and logged (:func:`~flask_messaging.stored_ids.purge_ids`), and
+    the real failed jobs are requeued. A failed registry of another type
+    than a sorted set is logged and skipped.
+    """
     count = 0
     for name in queues or state.queue_names():
         registry = _failed(state, name)
+        if purge_ids(state.redis, registry.key, "zset").wrong_type:
+            continue
         count += sum(
             _requeue(registry, job_id) for job_id in registry.get_job_ids(cleanup=False)
         )
