@@ -18,17 +18,19 @@ and are seen within :data:`WAKE_POLL` seconds.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rq import Queue
 from rq.exceptions import DequeueTimeout
 from rq.job import Job
 from rq.utils import as_text
 
-from .errors import InvalidJobError
+from .errors import InvalidJobError, JobTooLargeError
 from .lua import LuaScript
+from .stored_ids import decoded_id, log_wrong_type
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -43,6 +45,10 @@ WAKE_POLL = 1
 
 WAKE_PREFIX = "flask_messaging:wake:"
 
+logger = logging.getLogger("flask_messaging")
+
+_NO_BOUND = 2**53
+
 
 def wake_key(queue_name: str) -> str:
     """The list an idle worker of ``queue_name`` blocks on."""
@@ -50,27 +56,75 @@ def wake_key(queue_name: str) -> str:
 
 
 # KEYS: per queue, in priority order: the queue, its intermediate list, its
-# wake list. ARGV: the job key prefix. Takes the first waiting id and one
-# token of its queue, and returns the job's hash with it (a round trip fewer
-# per job), or Redis's error when the job's key is not a hash; when every
-# queue is empty, drops their tokens (no job is left to wake for).
+# wake list, its started and failed registries. ARGV: the job key prefix,
+# the most fields and the most bytes of a field a job hash may hold. Takes
+# the first waiting id and one token of its queue, and returns
+# {queue key, job id, the job's hash, why it is refused ("" if not), keys of
+# another type, "large" if refused for its size}: the hash comes with the id
+# (a round trip fewer per job) unless it is not a hash or too large to read.
+# Every key this writes, or that handling the job writes, is checked for its
+# type first: Redis does not undo the writes of a script that fails
+# half-way, and a job popped then not pushed would be in no list at all. A
+# queue with such a key is skipped. When no queue has a job, drops their
+# tokens.
 _TAKE = LuaScript("""
-for i = 1, #KEYS, 3 do
-  local job_id = redis.call('LPOP', KEYS[i])
-  if job_id then
-    redis.call('RPUSH', KEYS[i + 1], job_id)
-    redis.call('LPOP', KEYS[i + 2])
-    local fields = redis.pcall('HGETALL', ARGV[1] .. job_id)
-    if fields.err then
-      return {KEYS[i], job_id, {}, fields.err}
+local wrong = {}
+local function usable(key, kind, queue)
+  local found = redis.call('TYPE', key)['ok']
+  if found == 'none' or found == kind then
+    return true
+  end
+  wrong[#wrong + 1] = {key, found, kind, queue}
+  return false
+end
+local usable_queues = {}
+for i = 1, #KEYS, 5 do
+  local ok = usable(KEYS[i], 'list', KEYS[i])
+  ok = usable(KEYS[i + 1], 'list', KEYS[i]) and ok
+  ok = usable(KEYS[i + 2], 'list', KEYS[i]) and ok
+  ok = usable(KEYS[i + 3], 'zset', KEYS[i]) and ok
+  ok = usable(KEYS[i + 4], 'zset', KEYS[i]) and ok
+  usable_queues[i] = ok
+end
+for i = 1, #KEYS, 5 do
+  if usable_queues[i] then
+    local job_id = redis.call('LPOP', KEYS[i])
+    if job_id then
+      redis.call('RPUSH', KEYS[i + 1], job_id)
+      redis.call('LPOP', KEYS[i + 2])
+      local key = ARGV[1] .. job_id
+      local kind = redis.call('TYPE', key)['ok']
+      if kind == 'none' then
+        return {KEYS[i], job_id, {}, '', wrong}
+      end
+      if kind ~= 'hash' then
+        return {KEYS[i], job_id, {}, 'its key is a ' .. kind ..
+          ', not a job hash', wrong}
+      end
+      local count = redis.call('HLEN', key)
+      if count > tonumber(ARGV[2]) then
+        return {KEYS[i], job_id, {}, 'its hash has ' .. count ..
+          ' fields; flask-messaging jobs have at most ' .. ARGV[2], wrong,
+          'large'}
+      end
+      for _, name in ipairs(redis.call('HKEYS', key)) do
+        local size = redis.call('HSTRLEN', key, name)
+        if size > tonumber(ARGV[3]) then
+          return {KEYS[i], job_id, {}, 'its field ' .. name .. ' holds ' ..
+            size .. ' bytes, over the ' .. ARGV[3] ..
+            ' that twice MESSAGING_MAX_MESSAGE_BYTES allows', wrong, 'large'}
+        end
+      end
+      return {KEYS[i], job_id, redis.call('HGETALL', key), '', wrong}
     end
-    return {KEYS[i], job_id, fields}
   end
 end
-for i = 3, #KEYS, 3 do
-  redis.call('DEL', KEYS[i])
+for i = 1, #KEYS, 5 do
+  if usable_queues[i] then
+    redis.call('DEL', KEYS[i + 2])
+  end
 end
-return false
+return {'', '', {}, '', wrong}
 """)
 
 
@@ -110,56 +164,105 @@ class MessagingQueue(Queue):
         queues = list(queues)
         keys: list[str] = []
         for queue in queues:
-            keys += (queue.key, queue.intermediate_queue_key, wake_key(queue.name))
-        wake_keys = keys[2::3]
+            keys += (
+                queue.key,
+                queue.intermediate_queue_key,
+                wake_key(queue.name),
+                queue.started_job_registry.key,
+                queue.failed_job_registry.key,
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         job_cls: type[Job] = job_class or Job
-        prefix = [job_cls.redis_job_namespace_prefix]
+        bounds = [
+            job_cls.redis_job_namespace_prefix,
+            # Bounds of MessagingJob (dispatch.py); RQ's Job has none.
+            getattr(job_cls, "max_fields", _NO_BOUND),
+            getattr(job_cls, "max_field_bytes", _NO_BOUND),
+        ]
         while True:
-            taken = _TAKE.run(connection, keys, prefix)
-            if taken:
-                queue_key, job_id = as_text(taken[0]), as_text(taken[1])
+            taken = _TAKE.run(connection, keys, bounds)
+            skipped = _skipped_queue_keys(taken[4])
+            if taken[0]:
                 queue = cls.from_queue_key(
-                    queue_key,
+                    as_text(taken[0]),
                     connection=connection,
                     job_class=job_cls,
                     serializer=serializer,
                     death_penalty_class=death_penalty_class,
                 )
-                fields = taken[2]
-                if len(taken) > 3:
-                    exc = InvalidJobError(
-                        f"Refused job {job_id}: its key is not a job hash"
-                        f" ({as_text(taken[3])})."
+                job_id = decoded_id(taken[1])
+                if job_id is None:
+                    # Names no job, and the failed registry cannot hold it.
+                    connection.lrem(queue.intermediate_queue_key, 1, taken[1])
+                    logger.error(
+                        "Removed %r from %s: it is not UTF-8, so it names no"
+                        " job (written there by someone else).",
+                        taken[1][:200],
+                        queue.key,
                     )
-                    exc.job_id = job_id  # type: ignore[attr-defined]
-                    exc.queue = queue  # type: ignore[attr-defined]
-                    raise exc
-                if not fields:
+                    continue
+                job = _read_taken(job_cls, job_id, queue, taken, serializer)
+                if job is None:
                     # Expired or deleted while it waited: nothing to run.
                     connection.lrem(queue.intermediate_queue_key, 1, job_id)
                     continue
-                try:
-                    # What Job.fetch does with the hash it reads (an id RQ
-                    # refuses raises here, at once).
-                    job = job_cls(job_id, connection=connection, serializer=serializer)
-                    job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
-                    if job.origin != queue.name:
-                        raise InvalidJobError(
-                            f"Refused job {job_id}: it was taken from queue"
-                            f" {queue.name!r} but belongs to {job.origin!r}"
-                            " (pushed onto another queue in Redis)."
-                        )
-                except Exception as exc:
-                    # As RQ does: say which job could not be read, for the
-                    # worker to fail it (see worker._MessagingWorkerMixin).
-                    exc.job_id = job_id  # type: ignore[attr-defined]
-                    exc.queue = queue  # type: ignore[attr-defined]
-                    raise
                 return job, queue
             if deadline is None:
                 return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DequeueTimeout(timeout, [queue.key for queue in queues])
-            connection.blpop(wake_keys, WAKE_POLL)
+            wake_keys = [
+                wake_key(queue.name) for queue in queues if queue.key not in skipped
+            ]
+            if wake_keys:
+                connection.blpop(wake_keys, WAKE_POLL)
+            else:
+                time.sleep(WAKE_POLL)
+
+
+def _skipped_queue_keys(wrong: list[list[bytes]]) -> set[str]:
+    """Log each key of another type the take found; return their queues' keys."""
+    skipped: set[str] = set()
+    for key, found, expected, queue_key in wrong:
+        log_wrong_type(as_text(key), as_text(found), as_text(expected))
+        skipped.add(as_text(queue_key))
+    return skipped
+
+
+def _read_taken(
+    job_cls: type[Job],
+    job_id: str,
+    queue: Queue,
+    taken: list[Any],
+    serializer: Serializer | str | None,
+) -> Job | None:
+    """The job the take script returned, or ``None`` if its key was gone.
+
+    :raises Exception: the job is refused or cannot be read, with ``job_id``
+        and ``queue`` set on it, for the worker to fail that job
+        (see ``worker._MessagingWorkerMixin``), as RQ does.
+    """
+    refused = taken[3].decode(errors="backslashreplace")
+    try:
+        if refused:
+            error = JobTooLargeError if len(taken) > 5 else InvalidJobError
+            raise error(f"Refused job {job_id}: {refused}.")
+        fields = taken[2]
+        if not fields:
+            return None
+        # What Job.fetch does with the hash it reads (an id RQ refuses
+        # raises here, at once).
+        job = job_cls(job_id, connection=queue.connection, serializer=serializer)
+        job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
+        if job.origin != queue.name:
+            raise InvalidJobError(
+                f"Refused job {job_id}: it was taken from queue"
+                f" {queue.name!r} but belongs to {job.origin!r}"
+                " (pushed onto another queue in Redis)."
+            )
+    except Exception as exc:
+        exc.job_id = job_id  # type: ignore[attr-defined]
+        exc.queue = queue  # type: ignore[attr-defined]
+        raise
+    return job

@@ -22,7 +22,7 @@ from rq.job import Job
 
 from . import envelope as codec
 from .errors import InvalidJobError, UnknownHandlerError
-from .job_hash import check_job_hash, field_limit
+from .job_hash import ALLOWED_FIELDS, check_job_hash, field_limit
 from .jobs import DISPATCH_FUNCTION
 from .message import message_type_by_name
 from .signing import JobBinding
@@ -121,6 +121,10 @@ class MessagingJob(Job):
     #: The most bytes a field may hold, raw or inflated; per app, see
     #: :func:`job_class_for`.
     max_field_bytes = field_limit(1024 * 1024)
+
+    #: The most fields a hash may have: a larger one is refused by the take
+    #: before it is read (:mod:`flask_messaging.dequeue`).
+    max_fields = len(ALLOWED_FIELDS)
 
     #: False for the displays' reads: ``data`` and ``exc_info`` are checked,
     #: then dropped, so that a page of jobs holds none of their payloads.

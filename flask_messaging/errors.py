@@ -6,6 +6,8 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
+from redis import exceptions as redis_errors
+
 if TYPE_CHECKING:
     from .subscription import Subscription
 
@@ -14,6 +16,7 @@ __all__ = [
     "EnqueueError",
     "InvalidJobError",
     "JobTooLargeError",
+    "LOST_REDIS",
     "MessageDecodeError",
     "MessageEncodeError",
     "MessagingError",
@@ -22,6 +25,11 @@ __all__ = [
 
 
 logger = logging.getLogger("flask_messaging")
+
+#: Errors that mean Redis cannot be reached: the worker's, not a job's. Any
+#: other error while handling a job (a reply refusing a value the job holds,
+#: say) is that job's fault.
+LOST_REDIS = (redis_errors.ConnectionError, redis_errors.TimeoutError)
 
 
 class MessagingError(Exception):

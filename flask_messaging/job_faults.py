@@ -29,7 +29,10 @@ from rq.utils import as_text, current_timestamp, now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
 from .dequeue import MessagingQueue
+from .errors import LOST_REDIS
+from .queue_cleanup import clean_queue
 from .serializer import JSONSerializer
+from .stored_ids import purge_ids
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -43,14 +46,14 @@ __all__ = [
     "fail_job",
     "fail_unreadable",
     "readable",
+    "replace_foreign_results_key",
 ]
 
 logger = logging.getLogger("flask_messaging")
 
-#: Errors that mean Redis cannot be reached: the worker's, not a job's. Any
-#: other error while handling a job (a reply refusing a value the job holds,
-#: say) is that job's fault.
-LOST_REDIS = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+
+#: Most ids of an intermediate list a clean-up pass reads itself.
+LEFT_BEHIND_LIMIT = 1000
 
 # rq 3 passes the execution to clean up; rq 2 keeps it on the worker.
 _CLEANUP_TAKES_EXECUTION = (
@@ -87,6 +90,7 @@ def fail_job(
     registry. Nothing of the job itself is read, so this works on any job.
     """
     reason = readable(reason)
+    replace_foreign_results_key(connection, job_id)
     with connection.pipeline() as pipe:
         pipe.zadd(queue.failed_job_registry.key, {job_id: time.time() + failure_ttl})
         pipe.hset(
@@ -118,6 +122,26 @@ def fail_job(
                 logger.warning("Failing job %s: %s", job_id, describe(reply))
 
 
+def replace_foreign_results_key(connection: Redis, job_id: str) -> None:
+    """Delete job ``job_id``'s results key if it is not a stream, with a log.
+
+    RQ appends each result of a job to a stream at that key: a key of
+    another type there (written by someone else) would refuse the failure
+    reason, and the job would be failed with no reason anyone can read.
+    """
+    key = Result.get_key(job_id)  # type: ignore[no-untyped-call]
+    found = as_text(connection.type(key))
+    if found not in ("none", "stream"):
+        logger.error(
+            "Redis key %s was a %s, where RQ keeps job %s's results (written"
+            " there by someone else?): deleted, to record the job's result.",
+            key,
+            found,
+            job_id,
+        )
+        connection.delete(key)
+
+
 class JobFaultsMixin:
     """Worker steps that fail the one job in hand instead of the worker."""
 
@@ -129,7 +153,53 @@ class JobFaultsMixin:
         # file that is not UTF-8 would make that raise.
         if isinstance(kwargs.get("exc_string"), str):
             kwargs["exc_string"] = readable(kwargs["exc_string"])
+        job = kwargs.get("job", args[0] if args else None)
+        if job is not None:
+            replace_foreign_results_key(self._connection(), job.id)
         return super().handle_job_failure(*args, **kwargs)  # type: ignore[misc]
+
+    def _connection(self) -> Redis:
+        worker: Any = self
+        return worker.connection  # type: ignore[no-any-return]
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().heartbeat(*args, **kwargs)  # type: ignore[misc]
+        except redis_errors.ResponseError as exc:
+            if not self._replaced_foreign_worker_key(exc):
+                raise
+            super().heartbeat(*args, **kwargs)  # type: ignore[misc]
+
+    def set_state(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().set_state(*args, **kwargs)  # type: ignore[misc]
+        except redis_errors.ResponseError as exc:
+            if not self._replaced_foreign_worker_key(exc):
+                raise
+            super().set_state(*args, **kwargs)  # type: ignore[misc]
+
+    def _replaced_foreign_worker_key(self, exc: Exception) -> bool:
+        """Write the worker's own key again if it is of another type.
+
+        RQ writes it as a hash at each heartbeat and state change; a key of
+        another type there (written by someone else) would make that raise
+        and end the work loop, with a job in hand.
+
+        :return: whether the key was replaced (the write can be tried again).
+        """
+        worker: Any = self
+        found = as_text(worker.connection.type(worker.key))
+        if found in ("none", "hash") or "WRONGTYPE" not in str(exc):
+            return False
+        logger.error(
+            "Redis key %s, this worker's own, was a %s (written there by"
+            " someone else?): written again as RQ's worker hash.",
+            worker.key,
+            found,
+        )
+        worker.connection.delete(worker.key)
+        worker.register_birth()
+        return True
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
@@ -138,6 +208,25 @@ class JobFaultsMixin:
             raise  # not the job's fault: the worker stops or is replaced
         except Exception as exc:
             self._fail_job_in_hand(job, queue, exc)
+
+    def monitor_work_horse(self, job: Job, queue: Queue, *args: Any) -> None:
+        super().monitor_work_horse(job, queue, *args)  # type: ignore[misc]
+        # RQ takes a work horse's exit status 0 for a job handled: a handler
+        # that ends its process (os._exit(0)) would leave its job started,
+        # with no reason, until the clean-up finds it abandoned.
+        if job.get_status(refresh=True) != JobStatus.STARTED:
+            return
+        worker: Any = self
+        reason = (
+            f"The work horse of job {job.id} exited before the job ended: its"
+            " handler ended the process (os._exit?). It was moved to the"
+            " failed registry, not retried; its handler may have done part of"
+            " its work."
+        )
+        logger.error("%s", reason)
+        fail_job(
+            worker.connection, queue, job.id, reason, self._failure_ttl(), worker.name
+        )
 
     def _fail_job_in_hand(self, job: Job, queue: Queue, exc: Exception) -> None:
         worker: Any = self
@@ -164,30 +253,26 @@ class JobFaultsMixin:
         worker.set_state(WorkerStatus.IDLE)
 
     def clean_registries(self) -> None:
-        # RQ's clean-up of abandoned and stranded jobs reads each one: a job
-        # it cannot read (or one refused) would raise there, stop the clean-up
-        # of the others, and end the work loop. Such jobs are failed first.
+        # RQ's stops at the first queue where anything raises, and leaves
+        # its lock held (see flask_messaging.queue_cleanup).
         worker: Any = self
         for queue in worker.queues:
             try:
-                self._fail_unreadable_left_behind(queue)
+                clean_queue(worker, queue, self._fail_unreadable_left_behind)
             except LOST_REDIS:
                 raise
             except Exception:
-                logger.exception("Could not check abandoned jobs of %s.", queue.name)
-        try:
-            super().clean_registries()  # type: ignore[misc]
-        except LOST_REDIS:
-            raise
-        except Exception:
-            logger.exception("The clean-up of RQ's registries failed; it runs again.")
-            worker.last_cleaned_at = now()
+                logger.exception(
+                    "The clean-up of queue %s failed; it runs again.", queue.name
+                )
+        worker.last_cleaned_at = now()
 
     def _fail_unreadable_left_behind(self, queue: Queue) -> None:
         """Fail the jobs RQ's clean-up would read and could not.
 
         Those are the abandoned jobs of the started registry and the jobs
-        left on the queue's intermediate list.
+        left on the queue's intermediate list (the first
+        :data:`LEFT_BEHIND_LIMIT` of it each pass).
         """
         worker: Any = self
         registry = StartedJobRegistry(
@@ -196,7 +281,9 @@ class JobFaultsMixin:
         left = registry.get_expired_job_ids()
         left += [
             as_text(job_id)
-            for job_id in worker.connection.lrange(queue.intermediate_queue_key, 0, -1)
+            for job_id in worker.connection.lrange(
+                queue.intermediate_queue_key, 0, LEFT_BEHIND_LIMIT - 1
+            )
         ]
         fail_unreadable(queue, left, worker.job_class, self._failure_ttl())
 
@@ -276,19 +363,36 @@ class CheckedScheduler(RQScheduler):
 
     def enqueue_scheduled_jobs(self) -> None:
         scheduler: Any = self
+        scheduler._status = self.Status.WORKING
         if not scheduler._scheduled_job_registries and scheduler._acquired_locks:
             scheduler.prepare_registries()
         for registry in scheduler._scheduled_job_registries:
-            queue = MessagingQueue(
-                registry.name,
-                connection=self.connection,
-                serializer=JSONSerializer,
-                job_class=self.job_class,
-            )
-            for job_id in registry.get_jobs_to_schedule(current_timestamp()):
-                self._move(queue, registry, job_id)
-        # Whatever is left (none of ours), as RQ does it.
-        super().enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+            # One registry's fault (an entry that is not UTF-8, a key of
+            # another type) must not stop the others, nor the scheduler.
+            try:
+                self._enqueue_due(registry)
+            except LOST_REDIS:
+                raise
+            except Exception:
+                logger.exception(
+                    "Could not move the due jobs of %s; it is tried again.",
+                    registry.key,
+                )
+        # RQ's own pass would read every registry again; what it moves more
+        # (rate-limited jobs) ours never are.
+        scheduler._status = self.Status.STARTED
+
+    def _enqueue_due(self, registry: Any) -> None:
+        if purge_ids(self.connection, registry.key, "zset").wrong_type:
+            return  # logged; nothing of it can be read
+        queue = MessagingQueue(
+            registry.name,
+            connection=self.connection,
+            serializer=JSONSerializer,
+            job_class=self.job_class,
+        )
+        for job_id in registry.get_jobs_to_schedule(current_timestamp()):
+            self._move(queue, registry, job_id)
 
     def _move(self, queue: Queue, registry: Any, job_id: str) -> None:
         try:

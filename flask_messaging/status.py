@@ -30,6 +30,7 @@ from .job_hash import inflate
 from .redaction import redact
 from .redis_entries import decoded, is_wrong_type, members, page_of_members, shown
 from .serializer import JSONSerializer, ReadOnlySerializer
+from .stored_ids import purge_ids
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -406,10 +407,18 @@ def failed_job_ids(state: MessagingState, name: str) -> list[str]:
 
 
 def requeue_failed(state: MessagingState, queues: tuple[str, ...] = ()) -> int:
-    """Put every failed job of ``queues`` (default: all) back on its queue."""
+    """Put every failed job of ``queues`` (default: all) back on its queue.
+
+    Entries of a failed registry that are not UTF-8 name no job: they are
+    removed and logged (:func:`~flask_messaging.stored_ids.purge_ids`), and
+    the real failed jobs are requeued. A failed registry of another type
+    than a sorted set is logged and skipped.
+    """
     count = 0
     for name in queues or state.queue_names():
         registry = _failed(state, name)
+        if purge_ids(state.redis, registry.key, "zset").wrong_type:
+            continue
         ids = failed_job_ids(state, name)
         count += sum(_requeue(registry, job_id) for job_id in ids)
     return count

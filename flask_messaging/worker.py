@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.process
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.worker import BaseWorker
@@ -80,9 +82,15 @@ class _MessagingWorkerMixin:
         else:
             # One round trip instead of two or three; the reply of RQ's first
             # command (HSET last_heartbeat) says whether our hash was there.
-            with self.connection.pipeline() as pipe:  # type: ignore[attr-defined]
-                super().heartbeat(timeout, pipe)  # type: ignore[misc]
-                created = pipe.execute()[0]
+            try:
+                with self.connection.pipeline() as pipe:  # type: ignore[attr-defined]
+                    super().heartbeat(timeout, pipe)  # type: ignore[misc]
+                    created = pipe.execute()[0]
+            except ResponseError as exc:
+                # Our key was of another type (JobFaultsMixin writes it anew).
+                if not self._replaced_foreign_worker_key(exc):  # type: ignore[attr-defined]
+                    raise
+                created = True
             if created:
                 self._register_again()
         self._default_heartbeat_at = time.monotonic() if default else None
@@ -306,36 +314,132 @@ def run_workers(
             _work(app, queues, fork, work_kwargs)
         return 0
 
-    # One worker per child process; the parent only relays signals and waits.
+    # One worker per child process; the parent relays signals, waits, and
+    # replaces a child that dies unasked.
     context = multiprocessing.get_context("fork")
-    children = [
-        context.Process(
+    supervisor = _Supervisor(
+        lambda n: context.Process(
             target=_child, args=(app, queues, fork, work_kwargs), name=f"worker-{n}"
-        )
-        for n in range(processes)
-    ]
-    for child in children:
-        child.start()
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        for child in children:
-            if child.pid is not None and child.is_alive():
-                os.kill(child.pid, signum)
-
+        ),
+        ends_on_its_own=bool(burst or max_jobs),
+    )
+    supervisor.start(processes)
     # Threads start after the fork: a child must not inherit their locks.
     relaying = _relaying(app, relay)
     relaying.__enter__()
     previous = {
-        sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)
+        sig: signal.signal(sig, supervisor.forward)
+        for sig in (signal.SIGTERM, signal.SIGINT)
     }
     try:
-        for child in children:
-            child.join()
+        return supervisor.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         relaying.__exit__(None, None, None)
-    return max((child.exitcode or 0) for child in children)
+
+
+def _stop_group(pid: int | None) -> None:
+    """SIGTERM what is left of a worker process's group once it has ended.
+
+    A worker killed outright leaves its scheduler process (and a work horse)
+    running, holding the scheduler's locks: a replacement could not
+    schedule. Each child leads a group of its own (see :func:`_child`).
+    """
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left
+
+
+class _Supervisor:
+    """The parent of ``--processes N``: one worker process per slot.
+
+    A child that ends without being asked to (a handler that kills its own
+    process or calls ``os._exit``, the interpreter crashing) is reaped and
+    replaced after the pause of :class:`RestartPause`, per slot, as
+    :func:`_work` replaces a worker that stops unasked. A burst or
+    ``max_jobs`` child that exits with status 0 has ended its run; one
+    killed by a signal is replaced, to finish the run; one that exits with
+    an error ends its slot with that status.
+    """
+
+    def __init__(
+        self,
+        make: Callable[[int], multiprocessing.process.BaseProcess],
+        ends_on_its_own: bool,
+    ) -> None:
+        self._make = make
+        self._ends_on_its_own = ends_on_its_own
+        self._children: dict[int, multiprocessing.process.BaseProcess] = {}
+        self._started_at: dict[int, float] = {}
+        self._due: dict[int, float] = {}
+        self._pauses: dict[int, RestartPause] = {}
+        self._codes: dict[int, int] = {}
+        self._stopping = False
+
+    def start(self, processes: int) -> None:
+        for slot in range(processes):
+            self._pauses[slot] = RestartPause()
+            self._spawn(slot)
+
+    def _spawn(self, slot: int) -> None:
+        child = self._make(slot)
+        child.start()
+        self._children[slot] = child
+        self._started_at[slot] = time.monotonic()
+
+    def forward(self, signum: int, frame: FrameType | None) -> None:
+        """Pass SIGTERM or SIGINT to every child; replace none from now on."""
+        self._stopping = True
+        for child in list(self._children.values()):
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signum)
+
+    def wait(self) -> int:
+        """Supervise until every slot has ended; return the highest status."""
+        while self._children or self._due:
+            if self._stopping:
+                self._due.clear()
+            timeout = 1.0
+            if self._due:
+                timeout = min(
+                    timeout, max(0.0, min(self._due.values()) - time.monotonic())
+                )
+            sentinels = [child.sentinel for child in self._children.values()]
+            if sentinels:
+                multiprocessing.connection.wait(sentinels, timeout)
+            else:
+                time.sleep(timeout)
+            for slot, child in list(self._children.items()):
+                if child.exitcode is None:
+                    continue
+                child.join()  # reaped: no zombie
+                del self._children[slot]
+                self._ended(slot, child.exitcode)
+                _stop_group(child.pid)
+            now = time.monotonic()
+            for slot, at in list(self._due.items()):
+                if now >= at and not self._stopping:
+                    del self._due[slot]
+                    self._spawn(slot)
+        return max(self._codes.values(), default=0)
+
+    def _ended(self, slot: int, code: int) -> None:
+        killed = code < 0
+        if self._stopping or (self._ends_on_its_own and not killed):
+            self._codes[slot] = code
+            return
+        pause = self._pauses[slot].after_run(time.monotonic() - self._started_at[slot])
+        logger.error(
+            "Worker process %d ended unasked (%s); a new one starts in %.0f s.",
+            slot,
+            f"killed by signal {-code}" if killed else f"exit status {code}",
+            pause,
+        )
+        self._due[slot] = time.monotonic() + pause
 
 
 @contextmanager
@@ -362,6 +466,9 @@ def _relaying(app: Flask, relay: Relay | None) -> Iterator[None]:
 def _child(
     app: Flask, queues: Sequence[str], fork: bool, work_kwargs: dict[str, Any]
 ) -> None:
+    # A group of its own: what it leaves running if it dies is stopped with
+    # it (_stop_group); the parent passes on SIGTERM and SIGINT.
+    os.setpgid(0, 0)
     after_fork(app)
     _work(app, queues, fork, work_kwargs)
 
