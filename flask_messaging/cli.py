@@ -296,6 +296,11 @@ def _describe_backlog(backlog: Backlog | None) -> str:
     age = backlog.oldest_waiting_age
     if age is not None:
         text += f"; oldest waiting row committed {age:.1f} s ago"
+    if backlog.approximate:
+        text += (
+            " (approximate: more rows were enqueued at commit than are read to"
+            " tell them apart; a relay pass marks them)"
+        )
     return text + "."
 
 

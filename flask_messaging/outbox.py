@@ -52,13 +52,23 @@ if TYPE_CHECKING:
     from .extension import MessagingState
     from .transaction import PendingEvent
 
-__all__ = ["RELAYED_KEY", "Backlog", "Deferred", "Relay", "outbox_table"]
+__all__ = [
+    "BACKLOG_LISTED_READ",
+    "RELAYED_KEY",
+    "Backlog",
+    "Deferred",
+    "Relay",
+    "outbox_table",
+]
 
 logger = logging.getLogger("flask_messaging")
 
 #: Redis list of message ids enqueued by committing processes, for the relay
 #: to mark as relayed in the outbox.
 RELAYED_KEY = "flask_messaging:outbox:relayed"
+
+#: The most ids of :data:`RELAYED_KEY` that :meth:`Relay.backlog` reads.
+BACKLOG_LISTED_READ = 1000
 
 #: Ids per ``IN (...)`` list: well under SQLite's limit on bound parameters.
 _CHUNK = 500
@@ -151,6 +161,10 @@ class Backlog:
     enqueued: int | None
     #: When the oldest waiting row was committed (naive UTC); None if none.
     oldest_waiting_at: datetime.datetime | None
+    #: More ids were listed than :meth:`Relay.backlog` reads: ``enqueued``
+    #: is the list's length and the oldest waiting row may be an enqueued
+    #: one (so its age is an upper bound).
+    approximate: bool = False
 
     @property
     def oldest_waiting_age(self) -> float | None:
@@ -350,32 +364,46 @@ class Relay:
         """Count the rows not marked relayed: waiting, or already enqueued.
 
         Rows the committing process enqueued are told apart by the ids it
-        listed in Redis (:data:`RELAYED_KEY`); reading changes nothing. The
-        work is proportional to that list, which every relay pass empties.
+        listed in Redis (:data:`RELAYED_KEY`); reading changes nothing. At
+        most :data:`BACKLOG_LISTED_READ` ids of that list are read (every
+        relay pass empties it): with more listed (no relay has run for a
+        while), ``enqueued`` is the list's length (bounded by the rows not
+        marked), the oldest waiting row is looked for among the rows not in
+        the part read, and ``approximate`` is True. Either way the work is
+        bounded: one ``COUNT``, a few ``IN`` lists and pages of rows.
         With Redis unreachable (an outage, when the backlog matters most)
         the rows are still counted, as waiting, and ``enqueued`` is None.
         """
         table = self.table
         try:
-            ids = cast("list[bytes]", self.state.redis.lrange(RELAYED_KEY, 0, -1))
+            with self.state.redis.pipeline(transaction=False) as pipe:
+                pipe.llen(RELAYED_KEY)
+                pipe.lrange(RELAYED_KEY, 0, BACKLOG_LISTED_READ - 1)
+                length, ids = cast("tuple[int, list[bytes]]", tuple(pipe.execute()))
         except (RedisError, OSError):
-            ids, unknown = [], True
+            length, ids, unknown = 0, [], True
         else:
             unknown = False
         listed = {i.decode() for i in ids}
+        approximate = length > len(ids)
         pending = table.c.relayed_at.is_(None)
         with self.engine.connect() as connection:
-            total = connection.execute(
-                sa.select(sa.func.count()).select_from(table).where(pending)
-            ).scalar_one()
-            enqueued = sum(
+            total = int(
                 connection.execute(
-                    sa.select(sa.func.count())
-                    .select_from(table)
-                    .where(pending, table.c.message_id.in_(chunk))
+                    sa.select(sa.func.count()).select_from(table).where(pending)
                 ).scalar_one()
-                for chunk in _chunks(sorted(listed))
             )
+            if approximate:
+                enqueued = min(length, total)
+            else:
+                enqueued = sum(
+                    connection.execute(
+                        sa.select(sa.func.count())
+                        .select_from(table)
+                        .where(pending, table.c.message_id.in_(chunk))
+                    ).scalar_one()
+                    for chunk in _chunks(sorted(listed))
+                )
             oldest = None
             after = ""
             # The oldest pending row nobody listed: listed rows come first at
@@ -395,8 +423,8 @@ class Relay:
                     break
                 after = page[-1][0]
         if unknown:
-            return Backlog(int(total), None, oldest)
-        return Backlog(int(total) - int(enqueued), int(enqueued), oldest)
+            return Backlog(total, None, oldest)
+        return Backlog(total - int(enqueued), int(enqueued), oldest, approximate)
 
     def deferred(self) -> Deferred:
         """The pending rows that are not due yet, and when the first one is."""
