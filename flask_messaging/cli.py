@@ -14,6 +14,7 @@ from flask.cli import with_appcontext
 
 from .extension import MessagingState, get_state
 from .outbox import Backlog, Deferred, Relay, utcnow
+from .outbox_cli import outbox_cli
 from .redaction import redact
 from .subscription import Subscription
 
@@ -446,3 +447,6 @@ def requeue_failed_command(queues: tuple[str, ...]) -> None:
     except Exception as exc:
         raise click.ClickException(f"Requeue failed: {exc}") from None
     click.echo(f"Requeued {count} job(s).")
+
+
+messaging_cli.add_command(outbox_cli)

@@ -145,8 +145,69 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
         yield items[start : start + _CHUNK]
 
 
-class UnknownSubscriberError(LookupError):
-    """An outbox row names an async subscriber this app does not have."""
+@dataclass(frozen=True)
+class StoredFanOut:
+    """The ``subscribers`` column of a row: who must still receive it.
+
+    Written at commit as a JSON list of async handler keys. A relay that
+    lacks some of them delivers the others and rewrites the column as
+    ``{"delivered": [...], "pending": [...]}``: the row then waits for the
+    pending ones only.
+    """
+
+    #: Keys already delivered by an earlier relay pass; None for a row as
+    #: committed (a JSON list).
+    delivered: list[str] | None
+    #: Keys still to deliver.
+    pending: list[str]
+
+    @classmethod
+    def decode(cls, text: str) -> StoredFanOut:
+        value = json.loads(text)
+        if isinstance(value, list):
+            return cls(None, [str(key) for key in value])
+        return cls(
+            [str(key) for key in value["delivered"]],
+            [str(key) for key in value["pending"]],
+        )
+
+    def encode(self) -> str:
+        if self.delivered is None:
+            return json.dumps(self.pending)
+        return json.dumps({"delivered": self.delivered, "pending": self.pending})
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a relay pass does with one row."""
+
+    fan_out: StoredFanOut
+    #: The id of the enqueue marker (see ``RQJobs.enqueue_once``).
+    marker: str
+    deliveries: list[Delivery]
+    #: Pending keys this app has no subscriber for.
+    unknown: list[str]
+    message_type: str
+
+    def remainder(self) -> StoredFanOut:
+        delivered = [*(self.fan_out.delivered or ()), *self._known()]
+        return StoredFanOut(delivered, list(self.unknown))
+
+    def _known(self) -> list[str]:
+        return [key for key in self.fan_out.pending if key not in self.unknown]
+
+    def unknown_error(self, message_id: str) -> str:
+        names = ", ".join(repr(key) for key in self.unknown)
+        delivered = ", ".join(repr(key) for key in self._known()) or "none"
+        return (
+            f"The async subscriber(s) {names} of {self.message_type!r} are unknown"
+            f" to this relay (delivered to the others: {delivered}). Either this"
+            " relay runs older code than the one that committed the event (a"
+            " deploy in progress: a relay with the newer code delivers the rest),"
+            " or the subscriber was removed from the code: then run 'flask"
+            f" messaging outbox drop-subscriber {self.unknown[0]}' (--dry-run"
+            " first) to stop waiting for it."
+        )
 
 
 @dataclass(frozen=True)
@@ -266,7 +327,13 @@ class Relay:
             marked += len(ids)
 
     def relay_batch(self) -> tuple[int, int]:
-        """Claim due rows, enqueue what nobody did; return (enqueued, taken)."""
+        """Claim due rows, enqueue what nobody did; return (enqueued, taken).
+
+        A row naming subscribers this app lacks has its other subscribers
+        delivered; it stays pending for the unknown ones only (see
+        :class:`StoredFanOut`), backing off, for a relay that has them or
+        for ``flask messaging outbox drop-subscriber``.
+        """
         table = self.table
         now = utcnow()
         query = (
@@ -286,11 +353,11 @@ class Relay:
             rows = connection.execute(query).all()
             if not rows:
                 return 0, 0
-            messages: list[tuple[str, Sequence[Delivery]]] = []
+            plans: list[tuple[str, int, _Plan]] = []
             failed: list[tuple[str, int, str]] = []
             for message_id, data, subscribers, attempts in rows:
                 try:
-                    deliveries = self._deliveries(data.encode(), subscribers)
+                    plan = self._plan(message_id, data.encode(), subscribers)
                 except Exception as exc:
                     logger.error(
                         "Outbox message %s cannot be relayed (attempt %d): %s",
@@ -300,13 +367,38 @@ class Relay:
                     )
                     failed.append((message_id, attempts + 1, str(exc)))
                 else:
-                    messages.append((message_id, deliveries))
-            enqueued = self.jobs.enqueue_once(messages)
-            if messages:
+                    plans.append((message_id, attempts, plan))
+            flags = self.jobs.enqueue_once(
+                [(p.marker, p.deliveries) for *_, p in plans]
+            )
+            done = [
+                message_id
+                for (message_id, _, plan), flag in zip(plans, flags, strict=True)
+                # A first pass that finds the message enqueued: the committing
+                # process enqueued its whole fan-out.
+                if not plan.unknown or (not flag and plan.fan_out.delivered is None)
+            ]
+            if done:
                 connection.execute(
                     table.update()
-                    .where(table.c.message_id.in_([m for m, _ in messages]))
+                    .where(table.c.message_id.in_(done))
                     .values(relayed_at=utcnow())
+                )
+            for (message_id, attempts, plan), _ in zip(plans, flags, strict=True):
+                if message_id in done:
+                    continue
+                error = plan.unknown_error(message_id)
+                logger.error(
+                    "Outbox message %s (attempt %d): %s",
+                    message_id,
+                    attempts + 1,
+                    error,
+                )
+                failed.append((message_id, attempts + 1, error))
+                connection.execute(
+                    table.update()
+                    .where(table.c.message_id == message_id)
+                    .values(subscribers=plan.remainder().encode())
                 )
             for message_id, attempts, error in failed:
                 # Back off, so that rows this code cannot deliver yet (deploy
@@ -321,9 +413,9 @@ class Relay:
                         available_at=now + datetime.timedelta(seconds=delay),
                     )
                 )
-        return sum(enqueued), len(rows)
+        return sum(flags), len(rows)
 
-    def _deliveries(self, data: bytes, subscribers: str | None) -> list[Delivery]:
+    def _plan(self, message_id: str, data: bytes, subscribers: str | None) -> _Plan:
         envelope = codec.decode_envelope(data)
         message = codec.decode(envelope)  # raises on an unknown message type
         if subscribers is None:
@@ -332,21 +424,26 @@ class Relay:
             deliveries, _ = self.state.broker.async_deliveries(
                 message, envelope.id, data
             )
-            return deliveries
+            return _Plan(StoredFanOut(None, []), message_id, deliveries, [], "")
+        fan_out = StoredFanOut.decode(subscribers)
         message_type = type(message)
         registry = self.state.broker.registry
         deliveries = []
-        for key in json.loads(subscribers):
+        unknown = []
+        for key in fan_out.pending:
             subscription = registry.async_subscription(key, message_type)
             if subscription is None:
-                raise UnknownSubscriberError(
-                    f"The async subscriber {key!r} of {envelope.type!r} is unknown"
-                    " to this relay (older code than the one that committed the"
-                    " event?): the row stays pending until a relay that has it"
-                    " (the newly deployed code) takes it."
+                unknown.append(key)
+            else:
+                deliveries.append(
+                    Delivery(subscription, envelope.type, envelope.id, data)
                 )
-            deliveries.append(Delivery(subscription, envelope.type, envelope.id, data))
-        return deliveries
+        # A later pass over what an earlier one left is enqueued under a
+        # marker of its own: the message id's marker is already set.
+        marker = message_id
+        if fan_out.delivered is not None:
+            marker = f"{message_id}:{','.join(sorted(fan_out.pending))}"
+        return _Plan(fan_out, marker, deliveries, unknown, envelope.type)
 
     def prune(self) -> int:
         """Delete rows relayed longer ago than ``MESSAGING_OUTBOX_RETENTION``."""

@@ -95,7 +95,8 @@ def test_an_older_relay_leaves_a_row_with_a_subscriber_it_lacks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Newer code commits while Redis is down; an older relay runs first; then
-    # the newer relay and a worker. The new subscriber must get the event.
+    # the newer relay and a worker. The new subscriber must get the event,
+    # and the one both have must not wait for it, nor run twice.
     monkeypatch.setenv("SKEW_APP_NEWER", "1")
     app = make(postgres_url, private_redis.url, MESSAGING_RELAY_DELAY=10)
     private_redis.stop()
@@ -107,27 +108,138 @@ def test_an_older_relay_leaves_a_row_with_a_subscriber_it_lacks(
 
     older = run(postgres_url, private_redis.url, "relay", "--once", newer=False)
     assert older.returncode == 0, older.stderr
-    assert "Relayed 0 message(s)." in older.stdout
+    assert "Relayed 1 message(s)." in older.stdout
     assert "1 backing off after failed attempts" in older.stdout
-    assert f"{ARCHIVE_KEY!r} of 'tests.tx.user_registered' is unknown" in older.stdout
+    assert f"{ARCHIVE_KEY!r} of 'tests.tx.user_registered' are unknown" in older.stdout
+    assert "older code than the one that committed" in older.stdout
+    assert "removed from the code" in older.stdout
+    assert f"flask messaging outbox drop-subscriber {ARCHIVE_KEY}" in older.stdout
     assert "Next due in" in older.stdout
     redis = Redis.from_url(private_redis.url)
-    assert queued(redis) == 0  # not even the subscriber it knows: all or nothing
+    assert queued(redis) == 1  # the subscriber it knows does not wait
     with app.app_context():
         (row,) = outbox_rows()
         assert row.relayed_at is None and row.attempts == 1
         assert ARCHIVE_KEY in row.last_error
+        assert json.loads(row.subscribers) == {
+            "delivered": [WELCOME_KEY],
+            "pending": [ARCHIVE_KEY],
+        }
         make_all_due()
 
     newer = run(postgres_url, private_redis.url, "relay", "--once", newer=True)
     assert newer.returncode == 0, newer.stderr
     assert "Relayed 1 message(s)." in newer.stdout
+    assert queued(redis) == 2
+    with app.app_context():
+        (row,) = outbox_rows()
+        assert row.relayed_at is not None
     worker = run(
         postgres_url, private_redis.url, "worker", "--burst", "--no-relay", newer=True
     )
     assert worker.returncode == 0, worker.stderr
     assert sorted(e["handler"] for e in handled(redis)) == ["archive", "welcome"]
     redis.close()
+
+
+def test_a_subscriber_removed_from_the_code_is_dropped_by_the_operator(
+    postgres_url: str,
+    private_redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Code with the archive subscriber commits while Redis is down; the code
+    # deployed next has removed it. Before, the row blocked 'welcome' too,
+    # for ever, and no command could release it.
+    monkeypatch.setenv("SKEW_APP_NEWER", "1")
+    app = make(postgres_url, private_redis.url, MESSAGING_RELAY_DELAY=10)
+    private_redis.stop()
+    with app.app_context():
+        with _quiet():
+            register_users(2)
+        db.session.remove()
+    private_redis.start()
+    relay = run(postgres_url, private_redis.url, "relay", "--once", newer=False)
+    assert "Relayed 2 message(s)." in relay.stdout, relay.stderr
+    listed = run(postgres_url, private_redis.url, "outbox", "list", newer=False)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count(f"waits for {ARCHIVE_KEY};") == 2
+    dry = run(
+        postgres_url,
+        private_redis.url,
+        "outbox",
+        "drop-subscriber",
+        ARCHIVE_KEY,
+        "--dry-run",
+        newer=False,
+    )
+    assert f"Would drop {ARCHIVE_KEY!r} from 2 pending row(s)." in dry.stdout
+    with app.app_context():
+        assert [r.relayed_at for r in outbox_rows()] == [None, None]
+    dropped = run(
+        postgres_url,
+        private_redis.url,
+        "outbox",
+        "drop-subscriber",
+        ARCHIVE_KEY,
+        newer=False,
+    )
+    assert dropped.returncode == 0, dropped.stderr
+    assert f"Dropped {ARCHIVE_KEY!r} from 2 pending row(s)." in dropped.stdout
+    with app.app_context():
+        assert all(r.relayed_at is not None for r in outbox_rows())
+    listed = run(postgres_url, private_redis.url, "outbox", "list", newer=False)
+    assert "No outbox row has failed to relay." in listed.stdout
+    worker = run(postgres_url, private_redis.url, "worker", "--burst", newer=False)
+    assert worker.returncode == 0, worker.stderr
+    redis = Redis.from_url(private_redis.url)
+    assert sorted(e["handler"] for e in handled(redis)) == ["welcome", "welcome"]
+    redis.close()
+
+
+def test_an_operator_discards_a_row(
+    postgres_url: str,
+    private_redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SKEW_APP_NEWER", "1")
+    app = make(postgres_url, private_redis.url, MESSAGING_RELAY_DELAY=10)
+    private_redis.stop()
+    with app.app_context():
+        with _quiet():
+            register_users(1)
+        db.session.remove()
+        (row,) = outbox_rows()
+    private_redis.start()
+    missing = run(
+        postgres_url, private_redis.url, "outbox", "discard", "nope", newer=False
+    )
+    assert missing.returncode != 0
+    assert "No pending outbox row 'nope'" in missing.stderr
+    dry = run(
+        postgres_url,
+        private_redis.url,
+        "outbox",
+        "discard",
+        row.message_id,
+        "--dry-run",
+        newer=False,
+    )
+    assert f"Would discard {row.message_id}." in dry.stdout, dry.stderr
+    with app.app_context():
+        assert outbox_rows()[0].relayed_at is None
+    done = run(
+        postgres_url,
+        private_redis.url,
+        "outbox",
+        "discard",
+        row.message_id,
+        newer=False,
+    )
+    assert f"Discarded {row.message_id}." in done.stdout, done.stderr
+    with app.app_context():
+        assert outbox_rows()[0].relayed_at is not None
+    relay = run(postgres_url, private_redis.url, "relay", "--once", newer=False)
+    assert "Relayed 0 message(s)." in relay.stdout
 
 
 def test_the_relay_delivers_the_stored_list_not_its_own_predicates(
