@@ -25,7 +25,9 @@ The table, for Alembic users (``MESSAGING_OUTBOX_TABLE``, default
     subscribers  TEXT                      -- JSON list of async handler keys;
                                            -- NULL in rows of versions before it
     created_at   TIMESTAMP    NOT NULL     -- UTC
-    available_at TIMESTAMP    NOT NULL     -- when the relay may take it
+    available_at TIMESTAMP    NOT NULL     -- when the relay may take it,
+                                           -- plus AVAILABLE_SHIFT in rows
+                                           -- with a stored fan-out
     attempts     INTEGER      NOT NULL DEFAULT 0
     last_error   TEXT
     relayed_at   TIMESTAMP                 -- NULL while pending
@@ -67,6 +69,12 @@ logger = logging.getLogger("flask_messaging")
 #: to mark as relayed in the outbox.
 RELAYED_KEY = "flask_messaging:outbox:relayed"
 
+#: Added to ``available_at`` in rows with a stored fan-out. A relay of a
+#: version before the ``subscribers`` column would deliver such a row to its
+#: own subscribers and mark it relayed (dropping the ones it lacks): to it the
+#: row is not due for a thousand years. This version subtracts it.
+AVAILABLE_SHIFT = datetime.timedelta(days=366_000)
+
 #: The most ids of :data:`RELAYED_KEY` that :meth:`Relay.backlog` reads.
 BACKLOG_LISTED_READ = 1000
 
@@ -103,7 +111,7 @@ def outbox_table(metadata: sa.MetaData, name: str) -> sa.Table:
 def outbox_rows(events: Sequence[PendingEvent], delay: float) -> list[dict[str, Any]]:
     """The rows of ``events``, each with its fan-out (``event.deliveries``)."""
     now = utcnow()
-    available = now + datetime.timedelta(seconds=delay)
+    available = now + datetime.timedelta(seconds=delay) + AVAILABLE_SHIFT
     return [
         {
             "message_id": event.message_id,
@@ -136,7 +144,7 @@ def make_due(state: MessagingState, message_ids: Sequence[str]) -> None:
             connection.execute(
                 table.update()
                 .where(table.c.message_id.in_(chunk), table.c.relayed_at.is_(None))
-                .values(available_at=now)
+                .values(available_at=now + AVAILABLE_SHIFT)
             )
 
 
@@ -343,7 +351,7 @@ class Relay:
                 table.c.subscribers,
                 table.c.attempts,
             )
-            .where(table.c.relayed_at.is_(None), table.c.available_at <= now)
+            .where(table.c.relayed_at.is_(None), due_by(table, now))
             .order_by(table.c.message_id)
             .limit(self.settings.relay_batch_size)
         )
@@ -354,7 +362,7 @@ class Relay:
             if not rows:
                 return 0, 0
             plans: list[tuple[str, int, _Plan]] = []
-            failed: list[tuple[str, int, str]] = []
+            failed: list[tuple[str, int, str, bool]] = []
             for message_id, data, subscribers, attempts in rows:
                 try:
                     plan = self._plan(message_id, data.encode(), subscribers)
@@ -365,7 +373,9 @@ class Relay:
                         attempts + 1,
                         exc,
                     )
-                    failed.append((message_id, attempts + 1, str(exc)))
+                    failed.append(
+                        (message_id, attempts + 1, str(exc), subscribers is not None)
+                    )
                 else:
                     plans.append((message_id, attempts, plan))
             flags = self.jobs.enqueue_once(
@@ -394,23 +404,24 @@ class Relay:
                     attempts + 1,
                     error,
                 )
-                failed.append((message_id, attempts + 1, error))
+                failed.append((message_id, attempts + 1, error, True))
                 connection.execute(
                     table.update()
                     .where(table.c.message_id == message_id)
                     .values(subscribers=plan.remainder().encode())
                 )
-            for message_id, attempts, error in failed:
+            for message_id, attempts, error, shifted in failed:
                 # Back off, so that rows this code cannot deliver yet (deploy
                 # skew) do not hold up the others.
                 delay = min(3600, 2**attempts)
+                shift = AVAILABLE_SHIFT if shifted else datetime.timedelta()
                 connection.execute(
                     table.update()
                     .where(table.c.message_id == message_id)
                     .values(
                         attempts=attempts,
                         last_error=error,
-                        available_at=now + datetime.timedelta(seconds=delay),
+                        available_at=now + datetime.timedelta(seconds=delay) + shift,
                     )
                 )
         return sum(flags), len(rows)
@@ -527,30 +538,60 @@ class Relay:
         """The pending rows that are not due yet, and when the first one is."""
         table = self.table
         backing_off = table.c.attempts > 0
-        query = (
-            sa.select(
-                backing_off.label("backing_off"),
-                sa.func.count(),
-                sa.func.min(table.c.available_at),
-            )
-            .where(table.c.relayed_at.is_(None), table.c.available_at > utcnow())
-            .group_by(backing_off)
-        )
+        now = utcnow()
         counts = {False: 0, True: 0}
         next_due: datetime.datetime | None = None
         last_error = None
         with self.engine.connect() as connection:
-            for is_backing_off, count, due in connection.execute(query):
-                counts[bool(is_backing_off)] = int(count)
-                next_due = due if next_due is None else min(next_due, due)
+            for stored, shift in (
+                (table.c.subscribers.is_(None), datetime.timedelta()),
+                (table.c.subscribers.is_not(None), AVAILABLE_SHIFT),
+            ):
+                query = (
+                    sa.select(
+                        backing_off.label("backing_off"),
+                        sa.func.count(),
+                        sa.func.min(table.c.available_at),
+                    )
+                    .where(
+                        table.c.relayed_at.is_(None),
+                        stored,
+                        table.c.available_at > now + shift,
+                    )
+                    .group_by(backing_off)
+                )
+                for is_backing_off, count, due in connection.execute(query):
+                    counts[bool(is_backing_off)] += int(count)
+                    due -= shift
+                    next_due = due if next_due is None else min(next_due, due)
             if counts[True]:
                 last_error = connection.execute(
                     sa.select(table.c.last_error)
                     .where(table.c.relayed_at.is_(None), backing_off)
-                    .order_by(table.c.available_at.desc())
+                    .order_by(table.c.message_id.desc())
                     .limit(1)
                 ).scalar()
         return Deferred(counts[False], counts[True], next_due, last_error)
+
+
+def due_by(table: sa.Table, now: datetime.datetime) -> sa.ColumnElement[bool]:
+    """Rows due at ``now``: ``available_at`` shifted in rows with a fan-out."""
+    return sa.or_(
+        sa.and_(
+            table.c.subscribers.is_not(None),
+            table.c.available_at <= now + AVAILABLE_SHIFT,
+        ),
+        sa.and_(table.c.subscribers.is_(None), table.c.available_at <= now),
+    )
+
+
+def available_at(
+    row_available_at: datetime.datetime, subscribers: str | None
+) -> datetime.datetime:
+    """When a row is due (naive UTC), its ``available_at`` unshifted."""
+    if subscribers is None:
+        return row_available_at
+    return row_available_at - AVAILABLE_SHIFT
 
 
 def check_table(engine: sa.Engine | sa.Connection, table: sa.Table) -> None:

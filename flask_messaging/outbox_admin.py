@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from .outbox import StoredFanOut, utcnow
+from .outbox import AVAILABLE_SHIFT, StoredFanOut, available_at, utcnow
 
 if TYPE_CHECKING:
     from .extension import MessagingState
@@ -74,7 +74,7 @@ def stuck_rows(state: MessagingState, limit: int = 100) -> list[StuckRow]:
             else StoredFanOut.decode(row.subscribers).pending,
             row.attempts,
             row.last_error,
-            row.available_at,
+            available_at(row.available_at, row.subscribers),
         )
         for row in found
     ]
@@ -112,7 +112,7 @@ def drop_subscriber(
             )
             values: dict[str, object] = {
                 "subscribers": rest.encode(),
-                "available_at": now,
+                "available_at": now + AVAILABLE_SHIFT,
             }
             if not rest.pending:
                 values["relayed_at"] = now

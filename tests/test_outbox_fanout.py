@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -18,10 +21,10 @@ from flask import Flask
 from redis import Redis
 
 from flask_messaging.extension import get_state
-from flask_messaging.outbox import RELAYED_KEY, Relay
+from flask_messaging.outbox import RELAYED_KEY, Relay, available_at
 from flask_messaging.queue_names import LOW_PRIORITY
 
-from .conftest import RedisServer, flask_messaging_command
+from .conftest import ROOT, RedisServer, flask_messaging_command
 from .skew_app import ARCHIVE_KEY
 from .skew_app import create_app as create_skew_app
 from .test_outbox import _quiet, outbox_rows, queued, register_users
@@ -285,7 +288,12 @@ def test_rows_written_without_a_stored_list_are_relayed_to_this_apps_subscribers
         with _quiet():
             register_users(1)
         table = get_state().outbox
-        db.session.execute(table.update().values(subscribers=None))
+        # As that version wrote them: available_at not shifted.
+        db.session.execute(
+            table.update().values(
+                subscribers=None, available_at=datetime.datetime(2000, 1, 1)
+            )
+        )
         db.session.commit()
         private_redis.start()
         assert Relay(get_state()).run_once() == 1
@@ -303,17 +311,16 @@ def test_a_failed_enqueue_at_commit_makes_its_rows_due_at_once(
         with _quiet():
             register_users(1, start=1)
         enqueued, failed = outbox_rows()
-        assert enqueued.available_at > enqueued.created_at
-        assert failed.available_at <= datetime.datetime.now(datetime.UTC).replace(
-            tzinfo=None
-        )
+        due = [available_at(r.available_at, r.subscribers) for r in (enqueued, failed)]
+        assert due[0] > enqueued.created_at
+        assert due[1] <= datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
         private_redis.start()
         get_state().redis.delete(RELAYED_KEY)  # this Redis lost its data too
         relay = Relay(get_state())
         assert relay.run_once() == 1
         deferred = relay.deferred()
         assert (deferred.not_yet_due, deferred.backing_off) == (1, 0)
-        assert deferred.next_due_at == enqueued.available_at
+        assert deferred.next_due_at == due[0]
 
 
 def test_a_table_without_the_subscribers_column_gets_the_migration_to_run(
@@ -349,3 +356,62 @@ def test_a_commit_without_the_outbox_table_says_how_to_create_it(
             register_users(1)
         db.session.rollback()
         assert db.session.scalar(sa.select(sa.func.count()).select_from(User)) == 0
+
+
+#: The last version whose outbox table had no ``subscribers`` column: its
+#: relay delivers every row to its own subscribers.
+BEFORE_THE_COLUMN = "dfed9fc"
+
+
+@pytest.fixture
+def version_before_the_column(tmp_path: Path) -> Path:
+    """That version's ``flask_messaging`` package, from the repository."""
+    archive = subprocess.run(
+        ["git", "archive", BEFORE_THE_COLUMN, "flask_messaging"],
+        cwd=ROOT,
+        capture_output=True,
+    )
+    if archive.returncode != 0:
+        pytest.skip(f"commit {BEFORE_THE_COLUMN} is not in this checkout's history")
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
+    return tmp_path
+
+
+def test_a_relay_of_the_version_before_the_column_leaves_new_rows(
+    postgres_url: str, private_redis: RedisServer, version_before_the_column: Path
+) -> None:
+    # Before, that relay enqueued the row for its own subscribers (dropping
+    # those it lacks) and marked it relayed. Now it sees the row as not due;
+    # this version's relay delivers it.
+    app = make(postgres_url, private_redis.url)
+    private_redis.stop()
+    with app.app_context():
+        with _quiet():
+            register_users(1)
+        db.session.remove()
+    private_redis.start()
+    old = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "tests.tx_app:create_app"]
+        + ["messaging", "relay", "--once"],
+        # python -m puts the working directory first on sys.path.
+        cwd=version_before_the_column,
+        env={
+            **os.environ,
+            "PYTHONPATH": f"{version_before_the_column}{os.pathsep}{ROOT}",
+            "DATABASE_URL": postgres_url,
+            "MESSAGING_REDIS_URL": private_redis.url,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert old.returncode == 0, old.stderr
+    assert "Relayed 0 message(s)." in old.stdout
+    redis = Redis.from_url(private_redis.url)
+    assert queued(redis) == 0
+    with app.app_context():
+        (row,) = outbox_rows()
+        assert row.relayed_at is None and row.attempts == 0
+        assert Relay(get_state()).run_once() == 1
+    assert queued(redis) == 1
+    redis.close()
