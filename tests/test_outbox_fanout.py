@@ -1,8 +1,9 @@
 """The fan-out is decided at commit and stored with the outbox row.
 
 A relay delivers exactly the stored list of subscribers; a relay that does not
-know one of them (older code) leaves the row pending and backs off; rows
-written before the list was stored are still relayed.
+know some of them (older code, or a subscriber removed) delivers the others
+and keeps the row pending for those, backing off; rows written before the list
+was stored are still relayed, and a relay of that version leaves new rows.
 """
 
 from __future__ import annotations
