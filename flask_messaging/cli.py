@@ -14,6 +14,7 @@ from flask.cli import with_appcontext
 
 from .extension import MessagingState, get_state
 from .outbox import Backlog, Deferred, Relay, utcnow
+from .outbox_cli import outbox_cli
 from .redaction import redact, redact_url
 from .subscription import Subscription
 
@@ -296,6 +297,11 @@ def _describe_backlog(backlog: Backlog | None) -> str:
     age = backlog.oldest_waiting_age
     if age is not None:
         text += f"; oldest waiting row committed {age:.1f} s ago"
+    if backlog.approximate:
+        text += (
+            " (approximate: more rows were enqueued at commit than are read to"
+            " tell them apart; a relay pass marks them)"
+        )
     return text + "."
 
 
@@ -444,3 +450,6 @@ def requeue_failed_command(queues: tuple[str, ...]) -> None:
     except Exception as exc:
         raise click.ClickException(f"Requeue failed: {exc}") from None
     click.echo(f"Requeued {count} job(s).")
+
+
+messaging_cli.add_command(outbox_cli)

@@ -25,7 +25,9 @@ The table, for Alembic users (``MESSAGING_OUTBOX_TABLE``, default
     subscribers  TEXT                      -- JSON list of async handler keys;
                                            -- NULL in rows of versions before it
     created_at   TIMESTAMP    NOT NULL     -- UTC
-    available_at TIMESTAMP    NOT NULL     -- when the relay may take it
+    available_at TIMESTAMP    NOT NULL     -- when the relay may take it,
+                                           -- plus AVAILABLE_SHIFT in rows
+                                           -- with a stored fan-out
     attempts     INTEGER      NOT NULL DEFAULT 0
     last_error   TEXT
     relayed_at   TIMESTAMP                 -- NULL while pending
@@ -52,13 +54,29 @@ if TYPE_CHECKING:
     from .extension import MessagingState
     from .transaction import PendingEvent
 
-__all__ = ["RELAYED_KEY", "Backlog", "Deferred", "Relay", "outbox_table"]
+__all__ = [
+    "BACKLOG_LISTED_READ",
+    "RELAYED_KEY",
+    "Backlog",
+    "Deferred",
+    "Relay",
+    "outbox_table",
+]
 
 logger = logging.getLogger("flask_messaging")
 
 #: Redis list of message ids enqueued by committing processes, for the relay
 #: to mark as relayed in the outbox.
 RELAYED_KEY = "flask_messaging:outbox:relayed"
+
+#: Added to ``available_at`` in rows with a stored fan-out. A relay of a
+#: version before the ``subscribers`` column would deliver such a row to its
+#: own subscribers and mark it relayed (dropping the ones it lacks): to it the
+#: row is not due for a thousand years. This version subtracts it.
+AVAILABLE_SHIFT = datetime.timedelta(days=366_000)
+
+#: The most ids of :data:`RELAYED_KEY` that :meth:`Relay.backlog` reads.
+BACKLOG_LISTED_READ = 1000
 
 #: Ids per ``IN (...)`` list: well under SQLite's limit on bound parameters.
 _CHUNK = 500
@@ -93,7 +111,7 @@ def outbox_table(metadata: sa.MetaData, name: str) -> sa.Table:
 def outbox_rows(events: Sequence[PendingEvent], delay: float) -> list[dict[str, Any]]:
     """The rows of ``events``, each with its fan-out (``event.deliveries``)."""
     now = utcnow()
-    available = now + datetime.timedelta(seconds=delay)
+    available = now + datetime.timedelta(seconds=delay) + AVAILABLE_SHIFT
     return [
         {
             "message_id": event.message_id,
@@ -126,7 +144,7 @@ def make_due(state: MessagingState, message_ids: Sequence[str]) -> None:
             connection.execute(
                 table.update()
                 .where(table.c.message_id.in_(chunk), table.c.relayed_at.is_(None))
-                .values(available_at=now)
+                .values(available_at=now + AVAILABLE_SHIFT)
             )
 
 
@@ -135,8 +153,69 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
         yield items[start : start + _CHUNK]
 
 
-class UnknownSubscriberError(LookupError):
-    """An outbox row names an async subscriber this app does not have."""
+@dataclass(frozen=True)
+class StoredFanOut:
+    """The ``subscribers`` column of a row: who must still receive it.
+
+    Written at commit as a JSON list of async handler keys. A relay that
+    lacks some of them delivers the others and rewrites the column as
+    ``{"delivered": [...], "pending": [...]}``: the row then waits for the
+    pending ones only.
+    """
+
+    #: Keys already delivered by an earlier relay pass; None for a row as
+    #: committed (a JSON list).
+    delivered: list[str] | None
+    #: Keys still to deliver.
+    pending: list[str]
+
+    @classmethod
+    def decode(cls, text: str) -> StoredFanOut:
+        value = json.loads(text)
+        if isinstance(value, list):
+            return cls(None, [str(key) for key in value])
+        return cls(
+            [str(key) for key in value["delivered"]],
+            [str(key) for key in value["pending"]],
+        )
+
+    def encode(self) -> str:
+        if self.delivered is None:
+            return json.dumps(self.pending)
+        return json.dumps({"delivered": self.delivered, "pending": self.pending})
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a relay pass does with one row."""
+
+    fan_out: StoredFanOut
+    #: The id of the enqueue marker (see ``RQJobs.enqueue_once``).
+    marker: str
+    deliveries: list[Delivery]
+    #: Pending keys this app has no subscriber for.
+    unknown: list[str]
+    message_type: str
+
+    def remainder(self) -> StoredFanOut:
+        delivered = [*(self.fan_out.delivered or ()), *self._known()]
+        return StoredFanOut(delivered, list(self.unknown))
+
+    def _known(self) -> list[str]:
+        return [key for key in self.fan_out.pending if key not in self.unknown]
+
+    def unknown_error(self, message_id: str) -> str:
+        names = ", ".join(repr(key) for key in self.unknown)
+        delivered = ", ".join(repr(key) for key in self._known()) or "none"
+        return (
+            f"The async subscriber(s) {names} of {self.message_type!r} are unknown"
+            f" to this relay (delivered to the others: {delivered}). Either this"
+            " relay runs older code than the one that committed the event (a"
+            " deploy in progress: a relay with the newer code delivers the rest),"
+            " or the subscriber was removed from the code: then run 'flask"
+            f" messaging outbox drop-subscriber {self.unknown[0]}' (--dry-run"
+            " first) to stop waiting for it."
+        )
 
 
 @dataclass(frozen=True)
@@ -151,6 +230,10 @@ class Backlog:
     enqueued: int | None
     #: When the oldest waiting row was committed (naive UTC); None if none.
     oldest_waiting_at: datetime.datetime | None
+    #: More ids were listed than :meth:`Relay.backlog` reads: ``enqueued``
+    #: is the list's length and the oldest waiting row may be an enqueued
+    #: one (so its age is an upper bound).
+    approximate: bool = False
 
     @property
     def oldest_waiting_age(self) -> float | None:
@@ -252,7 +335,13 @@ class Relay:
             marked += len(ids)
 
     def relay_batch(self) -> tuple[int, int]:
-        """Claim due rows, enqueue what nobody did; return (enqueued, taken)."""
+        """Claim due rows, enqueue what nobody did; return (enqueued, taken).
+
+        A row naming subscribers this app lacks has its other subscribers
+        delivered; it stays pending for the unknown ones only (see
+        :class:`StoredFanOut`), backing off, for a relay that has them or
+        for ``flask messaging outbox drop-subscriber``.
+        """
         table = self.table
         now = utcnow()
         query = (
@@ -262,7 +351,7 @@ class Relay:
                 table.c.subscribers,
                 table.c.attempts,
             )
-            .where(table.c.relayed_at.is_(None), table.c.available_at <= now)
+            .where(table.c.relayed_at.is_(None), due_by(table, now))
             .order_by(table.c.message_id)
             .limit(self.settings.relay_batch_size)
         )
@@ -272,11 +361,11 @@ class Relay:
             rows = connection.execute(query).all()
             if not rows:
                 return 0, 0
-            messages: list[tuple[str, Sequence[Delivery]]] = []
-            failed: list[tuple[str, int, str]] = []
+            plans: list[tuple[str, int, _Plan]] = []
+            failed: list[tuple[str, int, str, bool]] = []
             for message_id, data, subscribers, attempts in rows:
                 try:
-                    deliveries = self._deliveries(data.encode(), subscribers)
+                    plan = self._plan(message_id, data.encode(), subscribers)
                 except Exception as exc:
                     logger.error(
                         "Outbox message %s cannot be relayed (attempt %d): %s",
@@ -284,32 +373,60 @@ class Relay:
                         attempts + 1,
                         exc,
                     )
-                    failed.append((message_id, attempts + 1, str(exc)))
+                    failed.append(
+                        (message_id, attempts + 1, str(exc), subscribers is not None)
+                    )
                 else:
-                    messages.append((message_id, deliveries))
-            enqueued = self.jobs.enqueue_once(messages)
-            if messages:
+                    plans.append((message_id, attempts, plan))
+            flags = self.jobs.enqueue_once(
+                [(p.marker, p.deliveries) for *_, p in plans]
+            )
+            done = [
+                message_id
+                for (message_id, _, plan), flag in zip(plans, flags, strict=True)
+                # A first pass that finds the message enqueued: the committing
+                # process enqueued its whole fan-out.
+                if not plan.unknown or (not flag and plan.fan_out.delivered is None)
+            ]
+            if done:
                 connection.execute(
                     table.update()
-                    .where(table.c.message_id.in_([m for m, _ in messages]))
+                    .where(table.c.message_id.in_(done))
                     .values(relayed_at=utcnow())
                 )
-            for message_id, attempts, error in failed:
+            for (message_id, attempts, plan), _ in zip(plans, flags, strict=True):
+                if message_id in done:
+                    continue
+                error = plan.unknown_error(message_id)
+                logger.error(
+                    "Outbox message %s (attempt %d): %s",
+                    message_id,
+                    attempts + 1,
+                    error,
+                )
+                failed.append((message_id, attempts + 1, error, True))
+                connection.execute(
+                    table.update()
+                    .where(table.c.message_id == message_id)
+                    .values(subscribers=plan.remainder().encode())
+                )
+            for message_id, attempts, error, shifted in failed:
                 # Back off, so that rows this code cannot deliver yet (deploy
                 # skew) do not hold up the others.
                 delay = min(3600, 2**attempts)
+                shift = AVAILABLE_SHIFT if shifted else datetime.timedelta()
                 connection.execute(
                     table.update()
                     .where(table.c.message_id == message_id)
                     .values(
                         attempts=attempts,
                         last_error=error,
-                        available_at=now + datetime.timedelta(seconds=delay),
+                        available_at=now + datetime.timedelta(seconds=delay) + shift,
                     )
                 )
-        return sum(enqueued), len(rows)
+        return sum(flags), len(rows)
 
-    def _deliveries(self, data: bytes, subscribers: str | None) -> list[Delivery]:
+    def _plan(self, message_id: str, data: bytes, subscribers: str | None) -> _Plan:
         envelope = codec.decode_envelope(data)
         message = codec.decode(envelope)  # raises on an unknown message type
         if subscribers is None:
@@ -318,21 +435,26 @@ class Relay:
             deliveries, _ = self.state.broker.async_deliveries(
                 message, envelope.id, data
             )
-            return deliveries
+            return _Plan(StoredFanOut(None, []), message_id, deliveries, [], "")
+        fan_out = StoredFanOut.decode(subscribers)
         message_type = type(message)
         registry = self.state.broker.registry
         deliveries = []
-        for key in json.loads(subscribers):
+        unknown = []
+        for key in fan_out.pending:
             subscription = registry.async_subscription(key, message_type)
             if subscription is None:
-                raise UnknownSubscriberError(
-                    f"The async subscriber {key!r} of {envelope.type!r} is unknown"
-                    " to this relay (older code than the one that committed the"
-                    " event?): the row stays pending until a relay that has it"
-                    " (the newly deployed code) takes it."
+                unknown.append(key)
+            else:
+                deliveries.append(
+                    Delivery(subscription, envelope.type, envelope.id, data)
                 )
-            deliveries.append(Delivery(subscription, envelope.type, envelope.id, data))
-        return deliveries
+        # A later pass over what an earlier one left is enqueued under a
+        # marker of its own: the message id's marker is already set.
+        marker = message_id
+        if fan_out.delivered is not None:
+            marker = f"{message_id}:{','.join(sorted(fan_out.pending))}"
+        return _Plan(fan_out, marker, deliveries, unknown, envelope.type)
 
     def prune(self) -> int:
         """Delete rows relayed longer ago than ``MESSAGING_OUTBOX_RETENTION``."""
@@ -350,32 +472,46 @@ class Relay:
         """Count the rows not marked relayed: waiting, or already enqueued.
 
         Rows the committing process enqueued are told apart by the ids it
-        listed in Redis (:data:`RELAYED_KEY`); reading changes nothing. The
-        work is proportional to that list, which every relay pass empties.
+        listed in Redis (:data:`RELAYED_KEY`); reading changes nothing. At
+        most :data:`BACKLOG_LISTED_READ` ids of that list are read (every
+        relay pass empties it): with more listed (no relay has run for a
+        while), ``enqueued`` is the list's length (bounded by the rows not
+        marked), the oldest waiting row is looked for among the rows not in
+        the part read, and ``approximate`` is True. Either way the work is
+        bounded: one ``COUNT``, a few ``IN`` lists and pages of rows.
         With Redis unreachable (an outage, when the backlog matters most)
         the rows are still counted, as waiting, and ``enqueued`` is None.
         """
         table = self.table
         try:
-            ids = cast("list[bytes]", self.state.redis.lrange(RELAYED_KEY, 0, -1))
+            with self.state.redis.pipeline(transaction=False) as pipe:
+                pipe.llen(RELAYED_KEY)
+                pipe.lrange(RELAYED_KEY, 0, BACKLOG_LISTED_READ - 1)
+                length, ids = cast("tuple[int, list[bytes]]", tuple(pipe.execute()))
         except (RedisError, OSError):
-            ids, unknown = [], True
+            length, ids, unknown = 0, [], True
         else:
             unknown = False
         listed = {i.decode() for i in ids}
+        approximate = length > len(ids)
         pending = table.c.relayed_at.is_(None)
         with self.engine.connect() as connection:
-            total = connection.execute(
-                sa.select(sa.func.count()).select_from(table).where(pending)
-            ).scalar_one()
-            enqueued = sum(
+            total = int(
                 connection.execute(
-                    sa.select(sa.func.count())
-                    .select_from(table)
-                    .where(pending, table.c.message_id.in_(chunk))
+                    sa.select(sa.func.count()).select_from(table).where(pending)
                 ).scalar_one()
-                for chunk in _chunks(sorted(listed))
             )
+            if approximate:
+                enqueued = min(length, total)
+            else:
+                enqueued = sum(
+                    connection.execute(
+                        sa.select(sa.func.count())
+                        .select_from(table)
+                        .where(pending, table.c.message_id.in_(chunk))
+                    ).scalar_one()
+                    for chunk in _chunks(sorted(listed))
+                )
             oldest = None
             after = ""
             # The oldest pending row nobody listed: listed rows come first at
@@ -395,37 +531,67 @@ class Relay:
                     break
                 after = page[-1][0]
         if unknown:
-            return Backlog(int(total), None, oldest)
-        return Backlog(int(total) - int(enqueued), int(enqueued), oldest)
+            return Backlog(total, None, oldest)
+        return Backlog(total - int(enqueued), int(enqueued), oldest, approximate)
 
     def deferred(self) -> Deferred:
         """The pending rows that are not due yet, and when the first one is."""
         table = self.table
         backing_off = table.c.attempts > 0
-        query = (
-            sa.select(
-                backing_off.label("backing_off"),
-                sa.func.count(),
-                sa.func.min(table.c.available_at),
-            )
-            .where(table.c.relayed_at.is_(None), table.c.available_at > utcnow())
-            .group_by(backing_off)
-        )
+        now = utcnow()
         counts = {False: 0, True: 0}
         next_due: datetime.datetime | None = None
         last_error = None
         with self.engine.connect() as connection:
-            for is_backing_off, count, due in connection.execute(query):
-                counts[bool(is_backing_off)] = int(count)
-                next_due = due if next_due is None else min(next_due, due)
+            for stored, shift in (
+                (table.c.subscribers.is_(None), datetime.timedelta()),
+                (table.c.subscribers.is_not(None), AVAILABLE_SHIFT),
+            ):
+                query = (
+                    sa.select(
+                        backing_off.label("backing_off"),
+                        sa.func.count(),
+                        sa.func.min(table.c.available_at),
+                    )
+                    .where(
+                        table.c.relayed_at.is_(None),
+                        stored,
+                        table.c.available_at > now + shift,
+                    )
+                    .group_by(backing_off)
+                )
+                for is_backing_off, count, due in connection.execute(query):
+                    counts[bool(is_backing_off)] += int(count)
+                    due -= shift
+                    next_due = due if next_due is None else min(next_due, due)
             if counts[True]:
                 last_error = connection.execute(
                     sa.select(table.c.last_error)
                     .where(table.c.relayed_at.is_(None), backing_off)
-                    .order_by(table.c.available_at.desc())
+                    .order_by(table.c.message_id.desc())
                     .limit(1)
                 ).scalar()
         return Deferred(counts[False], counts[True], next_due, last_error)
+
+
+def due_by(table: sa.Table, now: datetime.datetime) -> sa.ColumnElement[bool]:
+    """Rows due at ``now``: ``available_at`` shifted in rows with a fan-out."""
+    return sa.or_(
+        sa.and_(
+            table.c.subscribers.is_not(None),
+            table.c.available_at <= now + AVAILABLE_SHIFT,
+        ),
+        sa.and_(table.c.subscribers.is_(None), table.c.available_at <= now),
+    )
+
+
+def available_at(
+    row_available_at: datetime.datetime, subscribers: str | None
+) -> datetime.datetime:
+    """When a row is due (naive UTC), its ``available_at`` unshifted."""
+    if subscribers is None:
+        return row_available_at
+    return row_available_at - AVAILABLE_SHIFT
 
 
 def check_table(engine: sa.Engine | sa.Connection, table: sa.Table) -> None:

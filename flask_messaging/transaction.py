@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction, SessionTransactionOrigin
 
 from . import commit_order
 from . import envelope as codec
@@ -67,6 +67,11 @@ class _SessionEvents:
     rolled_back: bool = False
     #: The outermost transaction began to commit (and may have failed to).
     commit_started: bool = False
+    #: The outbox rows were written (or the fan-out decided): an event
+    #: registered now could not be part of the transaction.
+    sealed: bool = False
+    #: Every pending event has its outbox row in the transaction.
+    stored: bool = False
     #: Decided when the outermost transaction is about to commit.
     override: MessageBroker | None = None
     #: Predicates that raised while the fan-out was decided, raised after
@@ -89,14 +94,26 @@ def register_event(message: Message) -> None:
         return
     state = get_state(caller="register_event()")
     session = _session(state)
-    message_id, data = codec.encode(message, max_bytes=state.settings.max_message_bytes)
-    transaction = session.get_nested_transaction() or session.get_transaction()
-    if transaction is None:
-        # Begin the session's transaction now, as any query would: a rollback
-        # before the first query must discard this event too.
-        session.connection()
-        transaction = session.get_transaction()
     events = session.info.get(_EVENTS)
+    if events is not None and events.sealed:
+        raise RuntimeError(
+            f"{type(message).__message_name__} was registered while its"
+            " transaction was already committing (its outbox rows were written,"
+            " e.g. from an after_commit listener or a connection's commit"
+            " event), so it could not be part of it and was not registered:"
+            " register it before commit(), or in a new transaction once this"
+            " one has committed."
+        )
+    message_id, data = codec.encode(message, max_bytes=state.settings.max_message_bytes)
+    if state.outbox is not None:
+        # Begin the session's transaction now, as any query would (a rollback
+        # before the first query must discard this event too), on the
+        # outbox's database: its rows are written when SQLAlchemy commits,
+        # when no connection can be opened any more.
+        session.connection(bind_arguments={"clause": state.outbox})
+    elif session.get_transaction() is None:
+        session.connection()
+    transaction = session.get_nested_transaction() or session.get_transaction()
     if events is None:
         events = session.info[_EVENTS] = _SessionEvents()
     events.pending.append(PendingEvent(message, message_id, data, transaction))
@@ -106,8 +123,10 @@ def transactional(func: Callable[Concatenate[Session, P], R]) -> Callable[P, R]:
     """Run ``func`` in a transaction of the app's session, passed first.
 
     Commits when ``func`` returns, rolls back and re-raises when it raises.
-    Called inside another ``@transactional`` function (or a savepoint), it
-    joins that transaction: only the outermost commits.
+    Called inside a transaction begun explicitly (another ``@transactional``
+    function, ``with session.begin():``, ``session.begin_nested()``), it
+    joins that transaction: only its owner commits. A transaction the session
+    began by itself (autobegin, on a first query) is committed, as before.
 
     .. code-block:: python
 
@@ -124,7 +143,7 @@ def transactional(func: Callable[Concatenate[Session, P], R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         session = _session(get_state(caller=f"@transactional {func.__qualname__}()"))
         depth = session.info.get(_DEPTH, 0)
-        if depth or session.in_nested_transaction():
+        if depth or _in_explicit_transaction(session):
             session.info[_DEPTH] = depth + 1
             try:
                 return func(session, *args, **kwargs)
@@ -144,6 +163,14 @@ def transactional(func: Callable[Concatenate[Session, P], R]) -> Callable[P, R]:
     return wrapper
 
 
+def _in_explicit_transaction(session: Session) -> bool:
+    root = session.get_transaction()
+    return root is not None and (
+        session.in_nested_transaction()
+        or root.origin is not SessionTransactionOrigin.AUTOBEGIN
+    )
+
+
 def _session(state: MessagingState) -> Session:
     if state.db is None:
         raise RuntimeError(
@@ -159,6 +186,11 @@ def _session(state: MessagingState) -> Session:
 # the app through the app context the session is used in.
 
 _bound: weakref.WeakSet[Any] = weakref.WeakSet()
+#: The session each connection was begun for, for the connection ``commit``
+#: event (which knows only the connection).
+_sessions: weakref.WeakKeyDictionary[sa.Connection, Session] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def bind(db: Any) -> None:
@@ -166,7 +198,11 @@ def bind(db: Any) -> None:
     target = db.session
     if target in _bound:
         return
+    if not _bound and not sa.event.contains(sa.Engine, "commit", _on_commit):
+        sa.event.listen(sa.Engine, "commit", _on_commit)
+        sa.event.listen(sa.Engine, "handle_error", _on_error)
     _bound.add(target)
+    sa.event.listen(target, "after_begin", _after_begin)
     sa.event.listen(target, "before_commit", _before_commit)
     sa.event.listen(target, "after_commit", _after_commit)
     sa.event.listen(target, "after_rollback", _after_rollback)
@@ -174,44 +210,88 @@ def bind(db: Any) -> None:
     sa.event.listen(target, "after_transaction_end", _after_transaction_end)
 
 
+def _after_begin(
+    session: Session, transaction: SessionTransaction, connection: sa.Connection
+) -> None:
+    _sessions[connection] = session
+
+
 def _before_commit(session: Session) -> None:
     if session.get_nested_transaction() is not None:
         return  # a savepoint being released: nothing leaves yet
     events = session.info.get(_EVENTS)
-    if events is None or not events.pending:
+    if events is None or not events.pending or events.sealed:
         return
+    if any(entry[2] for entry in commit_order._entries(session).values()):
+        # Written at the first COMMIT (_on_commit): after every before_commit
+        # listener and the final flush, which may still register events.
+        return
+    # A session that commits none of its connections (joined to an outside
+    # transaction): no COMMIT of its own to wait for, so the rows are written
+    # now, and an event registered later is refused.
+    session.flush()
+    _seal(session, events, None)
+
+
+def _on_commit(connection: sa.Connection) -> None:
+    session = _sessions.get(connection)
+    if session is None:
+        return
+    events = session.info.get(_EVENTS)
+    if events is None or events.sealed or not events.pending:
+        return
+    # SQLAlchemy is about to send the first COMMIT of the session's
+    # transaction: everything that precedes it (before_commit listeners,
+    # the final flush and its ORM hooks) has run.
+    _seal(session, events, connection)
+
+
+def _on_error(context: sa.engine.ExceptionContext) -> None:
+    connection = context.connection
+    if connection is None or context.statement is not None:
+        return  # not a COMMIT
+    session = _sessions.get(connection)
+    events = None if session is None else session.info.get(_EVENTS)
+    if session is not None and events is not None and events.sealed:
+        commit_order.after_failed_commit(session)
+
+
+def _seal(
+    session: Session, events: _SessionEvents, committing: sa.Connection | None
+) -> None:
     events.commit_started = True
+    events.sealed = True
     events.override = active_override()
     state = get_state()
-    if events.override is None and state.writes_outbox:
-        assert state.outbox is not None
-        # The fan-out is decided here, by the code that commits, and stored
-        # with the row: a relay on other code delivers exactly this list.
-        broker = state.broker
-        errors = None
-        for event in events.pending:
-            event.deliveries, errors = broker.async_deliveries(
-                event.message, event.message_id, event.data, errors
-            )
-        events.errors = errors
-        # Every database of the transaction must be written before the
-        # outbox's connection can be the one that commits last.
-        session.flush()
-        # Stored with the data, in the same transaction: committed together.
-        rows = outbox_rows(events.pending, state.settings.outbox.relay_delay)
+    if events.override is not None or not state.writes_outbox:
+        return
+    assert state.outbox is not None
+    # The fan-out is decided here, by the code that commits, and stored
+    # with the row: a relay on other code delivers exactly this list.
+    broker = state.broker
+    errors = None
+    for event in events.pending:
+        event.deliveries, errors = broker.async_deliveries(
+            event.message, event.message_id, event.data, errors
+        )
+    events.errors = errors
+    # Stored with the data, in the same transaction: committed together.
+    rows = outbox_rows(events.pending, state.settings.outbox.relay_delay)
+    outbox_bind = session.get_bind(clause=state.outbox)
+    connection = commit_order.outbox_connection(session, outbox_bind)
+    if connection is None:
+        connection = session.connection(bind_arguments={"bind": outbox_bind})
+    try:
         # One row as a single execute: SQLAlchemy's executemany path costs
         # about 0.1 ms more, a tenth of a small transaction.
-        outbox_bind = session.get_bind(clause=state.outbox)
-        try:
-            session.execute(
-                sa.insert(state.outbox), rows[0] if len(rows) == 1 else rows
-            )
-        except sa.exc.DBAPIError:
-            # A missing table or column (not created, not migrated) says so,
-            # with the fix; anything else is the database's own error.
-            check_table(outbox_bind, state.outbox)
-            raise
-        commit_order.commit_others_first(session, outbox_bind)
+        connection.execute(sa.insert(state.outbox), rows[0] if len(rows) == 1 else rows)
+    except sa.exc.DBAPIError:
+        # A missing table or column (not created, not migrated) says so,
+        # with the fix; anything else is the database's own error.
+        check_table(outbox_bind, state.outbox)
+        raise
+    events.stored = True
+    commit_order.commit_others_first(session, outbox_bind, committing)
 
 
 def _after_commit(session: Session) -> None:
@@ -278,7 +358,7 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
     if events.override is not None:
         _publish_to(events.override, events.pending)
     else:
-        _deliver(get_state(), events.pending, events.errors)
+        _deliver(get_state(), events.pending, events.errors, events.stored)
 
 
 def _publish_to(broker: MessageBroker, pending: list[PendingEvent]) -> None:
@@ -296,6 +376,7 @@ def _deliver(
     state: MessagingState,
     pending: list[PendingEvent],
     errors: list[Exception] | None = None,
+    stored: bool = False,
 ) -> None:
     broker = state.broker
     for event in pending:
@@ -318,7 +399,7 @@ def _deliver(
             jobs.enqueue([d for _, deliveries in messages for d in deliveries])
         except DeliveryError as group:
             errors = [*(errors or ()), *group.exceptions]
-    elif state.writes_outbox:
+    elif state.writes_outbox and stored:
         try:
             jobs.enqueue_once(messages, relayed_key=RELAYED_KEY)
         except Exception:
@@ -338,9 +419,12 @@ def _deliver(
             except Exception:
                 logger.error(
                     "Lost %d committed message(s) (%s): Redis could not be reached"
-                    " and MESSAGING_OUTBOX is off.",
+                    " and %s.",
                     len(messages),
                     ", ".join(m for m, _ in messages),
+                    "they have no outbox row"
+                    if state.writes_outbox
+                    else "MESSAGING_OUTBOX is off",
                     exc_info=True,
                 )
     if errors:

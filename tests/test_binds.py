@@ -161,3 +161,67 @@ def test_several_databases_with_an_outside_transaction_are_refused(
             commit_others_first(session, outbox_engine)
         session.rollback()
         session.close()
+
+
+def test_a_later_before_commit_listener_writes_to_the_other_database(
+    app: Flask,
+) -> None:
+    # A listener registered after messaging's adds a row on the other bind.
+    # Before, the other database was committed inside messaging's listener,
+    # and this row, flushed afterwards, was never committed.
+    def audit(session: Session) -> None:
+        session.add(Parent(id=42))
+
+    sa.event.listen(db.session, "before_commit", audit)
+    try:
+        db.session.add(Account(email="a@example.com"))
+        db.session.add(Parent(id=41))
+        register_event(AccountOpened("a@example.com"))
+        db.session.commit()
+    finally:
+        sa.event.remove(db.session, "before_commit", audit)
+    assert (count(Account), count(Parent)) == (1, 2)
+    assert outbox_count() == 1 and jobs() == 1
+
+
+def test_a_later_before_commit_listener_that_fails_to_flush_commits_nothing(
+    app: Flask,
+) -> None:
+    # The final flush fails (NOT NULL): nothing may stay committed. Before,
+    # the other database had already committed its write.
+    def broken(session: Session) -> None:
+        session.add(Account(email=None))
+
+    sa.event.listen(db.session, "before_commit", broken)
+    try:
+        db.session.add(Parent(id=7))
+        db.session.add(Account(email="a@example.com"))
+        register_event(AccountOpened("a@example.com"))
+        with pytest.raises(sa.exc.IntegrityError):
+            db.session.commit()
+        db.session.rollback()
+    finally:
+        sa.event.remove(db.session, "before_commit", broken)
+    assert (count(Account), count(Parent)) == (0, 0)
+    assert outbox_count() == 0 and jobs() == 0
+
+
+def test_an_event_of_a_flush_hook_with_several_databases(app: Flask) -> None:
+    # Registered during commit's own flush, on a transaction of two
+    # databases: its row is written and the outbox's database commits last.
+    def on_insert(mapper: object, connection: object, target: Parent) -> None:
+        register_event(AccountOpened(f"parent-{target.id}@example.com"))
+
+    sa.event.listen(Parent, "after_insert", on_insert)
+    try:
+        db.session.add(Parent(id=8))
+        db.session.add(Account(email="a@example.com"))
+        db.session.commit()
+        db.session.add(Parent(id=9))
+        db.session.add(Child(parent_id=999))  # the other database fails
+        with pytest.raises(sa.exc.IntegrityError):
+            db.session.commit()
+        db.session.rollback()
+    finally:
+        sa.event.remove(Parent, "after_insert", on_insert)
+    assert outbox_count() == 1 and jobs() == 1
