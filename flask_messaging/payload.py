@@ -713,8 +713,26 @@ def _difference(
             if found:
                 return found
         return None
+    if isinstance(sent, frozenset) and isinstance(received, frozenset):
+        same = {_wire_form(v) for v in sent} == {_wire_form(v) for v in received}
+        return None if same else (path, sent, received)
     try:
         same = bool(sent == received)
     except Exception:
         same = False
     return None if same else (path, sent, received)
+
+
+def _wire_form(value: object) -> object:
+    """A set member as the wire carries it: a datetime or time by wall and offset."""
+    if type(value) is datetime.datetime or type(value) is datetime.time:
+        moment = typing.cast(datetime.datetime, value)
+        offset = moment.utcoffset()
+        fold = moment.fold if offset is None else 0
+        return (
+            moment.replace(tzinfo=None, fold=0),
+            offset,
+            moment.tzinfo is None,
+            fold,
+        )
+    return value

@@ -398,6 +398,10 @@ def arrived_exactly(sent: object, received: object) -> bool:
         return len(sent) == len(received) and all(  # type: ignore[arg-type]
             map(arrived_exactly, sent, received)  # type: ignore[call-overload]
         )
+    if isinstance(sent, frozenset) and isinstance(received, frozenset):
+        return len(sent) == len(received) and all(
+            any(arrived_exactly(a, b) for b in received) for a in sent
+        )
     if isinstance(sent, dict) and isinstance(received, dict):
         return len(sent) == len(received) and all(
             arrived_exactly(k, k2) and arrived_exactly(v, v2)
@@ -557,6 +561,7 @@ class Typed(Message, name="tests.fidelity.typed"):
     by_time: dict[datetime.datetime, str] = dataclasses.field(default_factory=dict)
     by_name: dict[str, int] = dataclasses.field(default_factory=dict)
     by_ratio: dict[float, str] = dataclasses.field(default_factory=dict)
+    moments: frozenset[datetime.datetime] = frozenset()
 
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -572,6 +577,7 @@ DST_VALUES: dict[str, Callable[[], Typed]] = {
     "as a dict key": lambda: Typed(by_time={SPRING_GAP: "x", FALL_BACK: "y"}),
     "custom tzinfo": lambda: Typed(at=datetime.datetime(2026, 1, 1, tzinfo=Plus2())),
     "NaN float key": lambda: Typed(by_ratio={float("nan"): "x"}),
+    "in a frozenset": lambda: Typed(moments=frozenset({FALL_BACK.replace(fold=1)})),
 }
 
 
@@ -628,6 +634,10 @@ REFUSED_TYPED: dict[str, tuple[Callable[[], Typed], str]] = {
     "fold=1 on a naive datetime": (
         lambda: Typed(at=datetime.datetime(2026, 10, 25, 2, 30, fold=1)),
         r"field at would arrive changed: datetime.datetime\(.*fold=1\)",
+    ),
+    "fold=1 on a naive datetime in a frozenset": (
+        lambda: Typed(moments=frozenset({datetime.datetime(2026, 1, 1, fold=1)})),
+        r"field moments would arrive changed",
     ),
     "fold=1 on a naive time": (
         lambda: Typed(clock=datetime.time(2, 30, fold=1)),
