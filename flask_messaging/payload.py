@@ -149,8 +149,11 @@ class PayloadCodec:
         self._values = operator.attrgetter(*names) if names else None
         self._names = names
         #: Fields that ``==`` alone cannot vouch for (see ``_TYPE_CHECKED``).
+        # JSON-only fields are held to exact builtin types by the walk.
         self._type_checked = [
-            field.name for field in info.fields if _needs_types(field.type, set())
+            field.name
+            for field in info.fields
+            if field.name not in self._json_only and _needs_types(field.type, set())
         ]
         if 1 + deepest > MAX_DEPTH:
             raise TypeError(
@@ -428,6 +431,10 @@ def _walk(tp: mi.Type, value: object, depth: int) -> None:
                     raise refused.at(f"[{index}]") from None
     elif isinstance(tp, mi.DictType):
         if isinstance(value, dict):
+            if type(value) is not dict:
+                raise _Refused(
+                    f"{describe(value)} would arrive as a dict; send dict(value)"
+                )
             _check_depth(depth)
             loose_keys = isinstance(tp.key_type, mi.AnyType)
             for key, item in value.items():
@@ -609,14 +616,19 @@ def describe(value: object) -> str:
     if isinstance(value, enum.Enum):
         return f"{value!r:.60}"
     if isinstance(value, str):
-        return f"a {kind.__name__} of {len(value)} characters"
+        return f"{_a(kind)} of {len(value)} characters"
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return f"a {kind.__name__} of {len(value)} bytes"
+        return f"{_a(kind)} of {len(value)} bytes"
     if isinstance(value, (list, tuple, set, frozenset, dict)):
-        return f"a {kind.__name__} of {len(value)} items"
+        return f"{_a(kind)} of {len(value)} items"
     if dataclasses.is_dataclass(value):
-        return f"a {kind.__name__} instance"
+        return f"{_a(kind)} instance"
     return f"{value!r:.60}"
+
+
+def _a(kind: type) -> str:
+    article = "an" if kind.__name__[:1] in "AEIOUaeiou" else "a"
+    return f"{article} {kind.__name__}"
 
 
 def _key_step(key: object) -> str:

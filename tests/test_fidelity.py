@@ -78,6 +78,7 @@ REFUSED_VALUES: dict[str, Callable[[], Message]] = {
     "NaN in an optional float": lambda: SendNotification({}, maybe=float("nan")),
     "infinity in an Any field": lambda: SendNotification({}, anything=float("inf")),
     "NaN as a dict value": lambda: SendNotification({"k": float("nan")}),
+    "OrderedDict as a bare dict": lambda: SendNotification(OrderedDict(k=1)),
     "975 levels of lists": lambda: SendNotification({}, anything=nested_lists(975)),
     "1,000 levels of lists": lambda: SendNotification({}, anything=nested_lists(1000)),
 }
