@@ -78,6 +78,16 @@ _TYPE_CHECKED = (
     mi.DateTimeType,
     mi.TimeType,
 )
+# Where an exact builtin value may still arrive changed: a plain int becoming
+# an enum member, a float a Decimal, a bytearray bytes.
+_NOT_BY_MARSHAL = (
+    mi.EnumType,
+    mi.LiteralType,
+    mi.DecimalType,
+    mi.BytesType,
+    mi.ByteArrayType,
+    mi.MemoryViewType,
+)
 _encoder = msgspec.json.Encoder()
 
 
@@ -150,10 +160,13 @@ class PayloadCodec:
         self._names = names
         #: Fields that ``==`` alone cannot vouch for (see ``_TYPE_CHECKED``).
         # JSON-only fields are held to exact builtin types by the walk.
+        #: Fields that ``==`` alone cannot vouch for (see ``_TYPE_CHECKED``),
+        #: each with whether :mod:`marshal` may vouch for it instead.
         self._type_checked = [
-            field.name
+            (field.name, not _needs_types(field.type, set(), _NOT_BY_MARSHAL))
             for field in info.fields
-            if field.name not in self._json_only and _needs_types(field.type, set())
+            if field.name not in self._json_only
+            and _needs_types(field.type, set(), _TYPE_CHECKED)
         ]
         if 1 + deepest > MAX_DEPTH:
             raise TypeError(
@@ -201,9 +214,18 @@ class PayloadCodec:
         if not same:
             self._refuse_difference(_difference(message, received, ""))
         else:
-            for name in self._type_checked:
+            for name, by_marshal in self._type_checked:
+                sent = getattr(message, name)
+                if by_marshal:
+                    # Exact builtins only (marshal refuses subclasses, enums,
+                    # datetimes): nothing ``==`` could have missed.
+                    try:
+                        marshal.dumps(sent, 2)
+                        continue
+                    except ValueError:
+                        pass
                 self._refuse_difference(
-                    _difference(getattr(message, name), getattr(received, name), name)
+                    _difference(sent, getattr(received, name), name)
                 )
         return payload
 
@@ -542,23 +564,29 @@ def _union_member(tp: mi.UnionType, value: object) -> mi.Type | None:
     return fallback
 
 
-def _needs_types(tp: mi.Type, open_: set[int]) -> bool:
-    """Whether ``tp`` holds a position that ``==`` cannot vouch for."""
-    if isinstance(tp, _TYPE_CHECKED):
+def _needs_types(
+    tp: mi.Type, open_: set[int], kinds: tuple[type[mi.Type], ...]
+) -> bool:
+    """Whether ``tp`` holds a position of one of ``kinds``, or a custom ``==``."""
+    if isinstance(tp, kinds):
         return True
     if isinstance(tp, mi.UnionType):
-        return any(_needs_types(t, open_) for t in tp.types)
+        return any(_needs_types(t, open_, kinds) for t in tp.types)
     if isinstance(tp, _SEQUENCE_TYPES):
-        return _needs_types(tp.item_type, open_)
+        return _needs_types(tp.item_type, open_, kinds)
     if isinstance(tp, mi.TupleType):
-        return any(_needs_types(t, open_) for t in tp.item_types)
+        return any(_needs_types(t, open_, kinds) for t in tp.item_types)
+    if isinstance(tp, mi.DictType):
+        return _needs_types(tp.key_type, open_, kinds) or _needs_types(
+            tp.value_type, open_, kinds
+        )
     if isinstance(tp, (*_OBJECT_TYPES, mi.TypedDictType)):
         if id(tp) in open_:
             return False
         open_.add(id(tp))
         # A nested class may define its own ``==``: compare it field by field.
         return "__eq__" in getattr(tp, "cls", dict).__dict__ or any(
-            _needs_types(field.type, open_) for field in tp.fields
+            _needs_types(field.type, open_, kinds) for field in tp.fields
         )
     return False
 
@@ -647,6 +675,11 @@ def _same_moment(sent: Any, received: Any) -> bool:
     by PEP 495's inter-zone ``==`` (always unequal for such times). A tzinfo
     that gives no offset, and ``fold=1`` on a naive value, would be lost.
     """
+    if sent.tzinfo is received.tzinfo and sent.tzinfo is not None:
+        # The decoded zone is always a fixed offset (UTC most often): when
+        # the sent one is that very object, fold means nothing and ``==``
+        # compares wall times.
+        return bool(sent == received)
     if (sent.tzinfo is None) != (received.tzinfo is None):
         return False
     offset = sent.utcoffset()
