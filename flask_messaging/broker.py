@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar, overload
 
-from flask import current_app
+from flask import current_app, has_app_context
 from redis.exceptions import RedisError
 from rq import Retry
 
 from . import envelope as codec
+from .config import DEFAULTS
 from .dispatch import run_delivery
 from .errors import (
     DeliveryError,
@@ -267,12 +268,47 @@ class MemoryBroker(MessageBroker):
         return errors
 
 
-class NullBroker(MessageBroker):
+class _TestDouble(MessageBroker):
+    """What the test brokers share: the size limit of the app they stand in for.
+
+    :param max_message_bytes: the largest envelope accepted, in bytes; by
+        default the current app's ``MESSAGING_MAX_MESSAGE_BYTES``, read at each
+        publish, or that key's default (1 MiB) when no app is active, so a
+        message too large for production fails in the test too. ``None``
+        means no limit.
+    """
+
+    _follows_app = True
+    _limit: int | None = None
+
+    @property
+    def max_message_bytes(self) -> int | None:
+        """The size limit in bytes a publish applies now (``None``: no limit)."""
+        return current_message_limit() if self._follows_app else self._limit
+
+    @max_message_bytes.setter
+    def max_message_bytes(self, value: int | None) -> None:
+        self._follows_app = False
+        self._limit = value
+
+
+def current_message_limit() -> int | None:
+    """The current app's ``MESSAGING_MAX_MESSAGE_BYTES``, or that key's default."""
+    if has_app_context() and "messaging" in current_app.extensions:
+        from .extension import get_state
+
+        return get_state().settings.max_message_bytes
+    default: int = DEFAULTS["MESSAGING_MAX_MESSAGE_BYTES"]
+    return default
+
+
+class NullBroker(_TestDouble):
     """Records published messages in :attr:`published` and delivers nothing.
 
     Each message is still encoded and checked as for a real publish, so a
     message no worker could receive fails here too (``TypeError`` or
     :class:`~flask_messaging.errors.MessageEncodeError`), and is not recorded.
+    The size limit is the current app's (see :attr:`max_message_bytes`).
     """
 
     def __init__(self, registry: SubscriptionRegistry | None = None) -> None:
@@ -285,11 +321,14 @@ class NullBroker(MessageBroker):
         self.published.append(message)
 
 
-class TestBroker(MessageBroker):
+class TestBroker(_TestDouble):
     """Queues published messages until :meth:`process_messages` delivers them.
 
     Delivery goes through the real encode and decode path, so a message that a
-    worker could not receive fails here too. Async subscribers run inline.
+    worker could not receive fails here too. Async subscribers run inline and
+    receive the decoded copy, as from a worker; sync subscribers receive the
+    published object, as in production. The size limit is the app's (see
+    :attr:`max_message_bytes`).
     """
 
     __test__ = False  # not a pytest test class
@@ -305,10 +344,14 @@ class TestBroker(MessageBroker):
         """A TestBroker with a copy of the subscriptions of ``app``.
 
         :param app: a Flask app set up with Messaging; defaults to the current one.
+            Its ``MESSAGING_MAX_MESSAGE_BYTES`` becomes the broker's size limit.
         """
         from .extension import get_state
 
-        return cls(get_state(app).broker.registry.copy())
+        state = get_state(app)
+        broker = cls(state.broker.registry.copy())
+        broker.max_message_bytes = state.settings.max_message_bytes
+        return broker
 
     @property
     def pending(self) -> list[Message]:
@@ -346,9 +389,10 @@ class TestBroker(MessageBroker):
     def _deliver(self, original: Message, data: bytes) -> None:
         envelope = codec.decode_envelope(data)
         route = self.registry.route(type(original))
-        errors = self.deliver_sync(
-            codec.decode(envelope), route.sync, envelope.id, None
-        )
+        # Decoded for the check alone: sync subscribers get the object that
+        # was published, as they do in production.
+        codec.decode(envelope)
+        errors = self.deliver_sync(original, route.sync, envelope.id, None)
         for subscription in route.async_:
             try:
                 # Predicates see the published object, as in the publishing

@@ -16,7 +16,9 @@ __all__ = [
 ]
 
 #: Names and keys end up in job ids, descriptions and dashboards: keep them plain.
-NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:<>-]*$")
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
+# A default name is the module and qualified name, which may hold "<locals>".
+_DEFAULT_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:<>-]*$")
 
 _types_by_name: dict[str, type[Message]] = {}
 
@@ -43,6 +45,8 @@ class Message:
 
     __message_name__: ClassVar[str]
     __message_version__: ClassVar[int]
+    #: Whether the name was given with ``name=`` (else module and qualname).
+    __message_named__: ClassVar[bool]
 
     def __init_subclass__(
         cls, *, name: str | None = None, version: int | None = None, **kwargs: Any
@@ -53,11 +57,13 @@ class Message:
         # not the keywords, and setting __qualname__ only afterwards): it
         # replaces the first creation under the same name.
         recreated = "__message_name__" in own
+        named = name is not None or own.get("__message_named__", False)
         if name is None:
             name = own.get("__message_name__") or f"{cls.__module__}.{cls.__qualname__}"
         if version is None:
             version = own.get("__message_version__", 1)
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        pattern = NAME_PATTERN if named else _DEFAULT_NAME_PATTERN
+        if not isinstance(name, str) or not pattern.match(name):
             raise TypeError(
                 f"{cls.__qualname__}: message name {name!r} is not valid; use letters,"
                 " digits and '_', '.', ':', '-' (for example 'users.registered')."
@@ -68,6 +74,7 @@ class Message:
                 f" not {version!r}."
             )
         cls.__message_name__ = name
+        cls.__message_named__ = named
         cls.__message_version__ = version
         _register_name(cls, name, replaces=recreated)
 
@@ -144,13 +151,24 @@ def _build_codec(cls: type) -> PayloadCodec:
             f"{_dotted(cls)} is a mutable dataclass; messages are immutable:"
             " declare it with '@dataclass(frozen=True)'."
         )
-    if "<locals>" in cls.__message_name__:
+    if not cls.__message_named__ and "<locals>" in cls.__message_name__:
         # A worker finds the class by this name among those it imported; a
         # class made inside a function is not among them.
         raise TypeError(
             f"{_dotted(cls)} is defined inside a function, so its default name"
             f" {cls.__message_name__!r} means nothing to a worker: define it at"
             " module level, or give it a stable name:"
+            f" 'class {cls.__name__}(Message, name=\"...\")'."
+        )
+    if not cls.__message_named__ and cls.__message_name__.startswith("__main__."):
+        # A script run as ``python app.py`` is "__main__" only in its own
+        # process; a worker imports it under its module name and never finds
+        # this class.
+        raise TypeError(
+            f"{_dotted(cls)} is defined in the script being run, so its default"
+            f" name {cls.__message_name__!r} means nothing to a worker, which"
+            " imports that file under its module name: move the class into an"
+            " importable module, or give it a stable name:"
             f" 'class {cls.__name__}(Message, name=\"...\")'."
         )
     return PayloadCodec(cls, _dotted(cls), cls.__message_name__)

@@ -9,9 +9,12 @@ to itself: anything that would change on the way is refused before it leaves.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import decimal
+import enum
 import marshal
 import math
+import operator
 import typing
 from typing import Any
 
@@ -61,6 +64,29 @@ _JSON_SCALARS = frozenset({str, int, bool, type(None)})
 _JSON_VALUES = (
     "fields typed Any, object, or a bare dict or list carry JSON values only: str,"
     " int, finite float, bool, None, and lists and dicts with str keys of these"
+)
+# Declared types whose positions accept a value that is ``==`` to what arrives
+# yet of another type or kind: an IntEnum member of another class, a naive
+# datetime with fold=1, a bytearray, an OrderedDict, a float in a Decimal field.
+_TYPE_CHECKED = (
+    mi.EnumType,
+    mi.BytesType,
+    mi.ByteArrayType,
+    mi.MemoryViewType,
+    mi.DictType,
+    mi.DecimalType,
+    mi.DateTimeType,
+    mi.TimeType,
+)
+# Where an exact builtin value may still arrive changed: a plain int becoming
+# an enum member, a float a Decimal, a bytearray bytes.
+_NOT_BY_MARSHAL = (
+    mi.EnumType,
+    mi.LiteralType,
+    mi.DecimalType,
+    mi.BytesType,
+    mi.ByteArrayType,
+    mi.MemoryViewType,
 )
 _encoder = msgspec.json.Encoder()
 
@@ -127,6 +153,21 @@ class PayloadCodec:
             else:
                 deepest = max(deepest, depth)
         self._walk_always = len(self._json_only) < len(self._walked)
+        names = [field.name for field in info.fields]
+        #: The field values as a tuple: compared instead of the class's ``==``,
+        #: which a class may override to hide a difference.
+        self._values = operator.attrgetter(*names) if names else None
+        self._names = names
+        #: Fields that ``==`` alone cannot vouch for (see ``_TYPE_CHECKED``).
+        # JSON-only fields are held to exact builtin types by the walk.
+        #: Fields that ``==`` alone cannot vouch for (see ``_TYPE_CHECKED``),
+        #: each with whether :mod:`marshal` may vouch for it instead.
+        self._type_checked = [
+            (field.name, not _needs_types(field.type, set(), _NOT_BY_MARSHAL))
+            for field in info.fields
+            if field.name not in self._json_only
+            and _needs_types(field.type, set(), _TYPE_CHECKED)
+        ]
         if 1 + deepest > MAX_DEPTH:
             raise TypeError(
                 f"{where}: its field types nest {1 + deepest} levels deep, over the"
@@ -158,11 +199,12 @@ class PayloadCodec:
             ) from None
         except (TypeError, ValueError, OverflowError) as exc:
             self._walk(message)
+            self._locate(message, exc)
             raise MessageEncodeError(
                 f"{self.name}: cannot encode the message: {exc}."
             ) from exc
         try:
-            same = received == message
+            same = self._same(received, message)
         except Exception:  # a signalling Decimal NaN refuses ``==``
             same = False
         if self._walked and (
@@ -170,15 +212,60 @@ class PayloadCodec:
         ):
             self._walk(message)
         if not same:
-            difference = _difference(message, received, "")
-            if difference is not None:
-                path, sent, arriving = difference
-                raise MessageEncodeError(
-                    f"{self.name}: field {_short(path)} would arrive changed:"
-                    f" {sent!r:.200} would arrive as {arriving!r:.200}. Send a value"
-                    " of the field's declared type that JSON carries exactly."
+            self._refuse_difference(_difference(message, received, ""))
+        else:
+            for name, by_marshal in self._type_checked:
+                sent = getattr(message, name)
+                if by_marshal:
+                    # Exact builtins only (marshal refuses subclasses, enums,
+                    # datetimes): nothing ``==`` could have missed.
+                    try:
+                        marshal.dumps(sent, 2)
+                        continue
+                    except ValueError:
+                        pass
+                self._refuse_difference(
+                    _difference(sent, getattr(received, name), name)
                 )
         return payload
+
+    def _same(self, received: object, message: object) -> bool:
+        if self._values is None:
+            return all(
+                getattr(received, name) == getattr(message, name)
+                for name in self._names
+            )
+        return bool(self._values(received) == self._values(message))
+
+    def _refuse_difference(self, difference: tuple[str, object, object] | None) -> None:
+        if difference is None:
+            return
+        path, sent, arriving = difference
+        raise MessageEncodeError(
+            f"{self.name}: field {_short(path)} would arrive changed:"
+            f" {describe(sent)} would arrive as {describe(arriving)}. Send a value"
+            " of the field's declared type that JSON carries exactly (for example"
+            " bytes(value), dict(value), Decimal(str(value)), a member of the"
+            " declared Enum class, an aware datetime)."
+        )
+
+    def _locate(self, message: object, exc: Exception) -> None:
+        """Raise a refusal naming the field whose value the encoder refused."""
+        found = _unencodable(message, "")
+        if found is None:
+            return
+        path, value, reason = found
+        hint = (
+            f" convert it to the plain type, for example {_plain(value)}(value)"
+            if _plain(value)
+            else " send a value of the field's declared type"
+        )
+        if isinstance(reason, UnicodeError):
+            hint = " remove the lone surrogate characters (not valid UTF-8)"
+        raise MessageEncodeError(
+            f"{self.name}: field {_short(path)}: cannot encode {describe(value)}"
+            f" ({reason});{hint}."
+        ) from exc
 
     def _plain_json(self, message: object, payload: bytes) -> bool:
         """Whether the JSON-only fields are surely exact and shallow, in C.
@@ -366,6 +453,10 @@ def _walk(tp: mi.Type, value: object, depth: int) -> None:
                     raise refused.at(f"[{index}]") from None
     elif isinstance(tp, mi.DictType):
         if isinstance(value, dict):
+            if type(value) is not dict:
+                raise _Refused(
+                    f"{describe(value)} would arrive as a dict; send dict(value)"
+                )
             _check_depth(depth)
             loose_keys = isinstance(tp.key_type, mi.AnyType)
             for key, item in value.items():
@@ -374,7 +465,7 @@ def _walk(tp: mi.Type, value: object, depth: int) -> None:
                 try:
                     _walk(tp.value_type, item, depth + 1)
                 except _Refused as refused:
-                    raise refused.at(f"[{key!r:.40}]") from None
+                    raise refused.at(f"[{_key_step(key)}]") from None
     elif isinstance(tp, _OBJECT_TYPES):
         if isinstance(value, tp.cls):
             _check_depth(depth)
@@ -422,7 +513,7 @@ def _walk_json(value: Any, depth: int) -> None:
             try:
                 _walk_json(item, depth + 1)
             except _Refused as refused:
-                raise refused.at(f"[{key!r:.40}]") from None
+                raise refused.at(f"[{_key_step(key)}]") from None
         return
     raise _Refused(_value_reason(value))
 
@@ -441,8 +532,8 @@ def _value_reason(value: object) -> str:
     try:
         arriving = msgspec.json.decode(_encoder.encode(value))
     except Exception as exc:
-        return f"{value!r:.100} cannot be encoded ({exc}); {_JSON_VALUES}"
-    return f"{value!r:.100} would arrive as {arriving!r:.100}; {_JSON_VALUES}"
+        return f"{describe(value)} cannot be encoded ({exc}); {_JSON_VALUES}"
+    return f"{describe(value)} would arrive as {describe(arriving)}; {_JSON_VALUES}"
 
 
 def _key_reason(key: object) -> str:
@@ -450,10 +541,9 @@ def _key_reason(key: object) -> str:
     try:
         arriving = next(iter(msgspec.json.decode(_encoder.encode({key: None}))))
     except Exception as exc:
-        return f"the key {key!r:.100} cannot be encoded ({exc}); {_JSON_VALUES}"
+        return f"the key {describe(key)} cannot be encoded ({exc}); {_JSON_VALUES}"
     return (
-        f"the key {key!r:.100} would arrive as the string {arriving!r:.100};"
-        f" {_JSON_VALUES}"
+        f"the key {describe(key)} would arrive as {describe(arriving)}; {_JSON_VALUES}"
     )
 
 
@@ -474,15 +564,157 @@ def _union_member(tp: mi.UnionType, value: object) -> mi.Type | None:
     return fallback
 
 
+def _needs_types(
+    tp: mi.Type, open_: set[int], kinds: tuple[type[mi.Type], ...]
+) -> bool:
+    """Whether ``tp`` holds a position of one of ``kinds``, or a custom ``==``."""
+    if isinstance(tp, kinds):
+        return True
+    if isinstance(tp, mi.UnionType):
+        return any(_needs_types(t, open_, kinds) for t in tp.types)
+    if isinstance(tp, _SEQUENCE_TYPES):
+        return _needs_types(tp.item_type, open_, kinds)
+    if isinstance(tp, mi.TupleType):
+        return any(_needs_types(t, open_, kinds) for t in tp.item_types)
+    if isinstance(tp, mi.DictType):
+        return _needs_types(tp.key_type, open_, kinds) or _needs_types(
+            tp.value_type, open_, kinds
+        )
+    if isinstance(tp, (*_OBJECT_TYPES, mi.TypedDictType)):
+        if id(tp) in open_:
+            return False
+        open_.add(id(tp))
+        # A nested class may define its own ``==``: compare it field by field.
+        return "__eq__" in getattr(tp, "cls", dict).__dict__ or any(
+            _needs_types(field.type, open_, kinds) for field in tp.fields
+        )
+    return False
+
+
+def _unencodable(value: object, path: str) -> tuple[str, object, Exception] | None:
+    """The innermost value under ``value`` that the encoder refuses, if any."""
+    try:
+        _encoder.encode(value)
+        return None
+    except (TypeError, ValueError, OverflowError) as exc:
+        reason = exc
+    except RecursionError:
+        return None
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            found = _unencodable(
+                getattr(value, field.name, None),
+                f"{path}.{field.name}" if path else field.name,
+            )
+            if found:
+                return found
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for index, item in enumerate(value):
+            found = _unencodable(item, f"{path}[{index}]")
+            if found:
+                return found
+    elif isinstance(value, dict):
+        for index, (key, item) in enumerate(value.items()):
+            found = _unencodable(key, f"{path} (key {index})")
+            if found:
+                return found
+            found = _unencodable(item, f"{path}[{_key_step(key)}]")
+            if found:
+                return found
+    return path, value, reason
+
+
+def _plain(value: object) -> str:
+    """The builtin a subclass value converts to (``str`` for Markup), if any."""
+    for base in (str, bytes, int, float):
+        if isinstance(value, base) and type(value) is not base:
+            return base.__name__
+    return ""
+
+
+def describe(value: object) -> str:
+    """A short description of ``value`` for an error, without its text.
+
+    Refusals end up in logs, so strings and bytes (where secrets live) are
+    described by type and size only, and containers by type and length;
+    other values (numbers, enum members, datetimes, UUIDs), whose repr tells
+    why they cannot travel, are shown up to 60 characters.
+    """
+    kind = type(value)
+    if isinstance(value, enum.Enum):
+        return f"{value!r:.60}"
+    if isinstance(value, str):
+        return f"{_a(kind)} of {len(value)} characters"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"{_a(kind)} of {len(value)} bytes"
+    if isinstance(value, (list, tuple, set, frozenset, dict)):
+        return f"{_a(kind)} of {len(value)} items"
+    if dataclasses.is_dataclass(value):
+        return f"{_a(kind)} instance"
+    return f"{value!r:.60}"
+
+
+def _a(kind: type) -> str:
+    article = "an" if kind.__name__[:1] in "AEIOUaeiou" else "a"
+    return f"{article} {kind.__name__}"
+
+
+def _key_step(key: object) -> str:
+    """A dict key as a path step: short, and without the content of strings."""
+    if isinstance(key, str):
+        return f"{key!r:.40}"
+    return describe(key)
+
+
+def _same_moment(sent: Any, received: Any) -> bool:
+    """Whether a datetime or time arrives as what the wire carries of it.
+
+    The wire carries the wall time and the UTC offset at that instant, not the
+    zone: a ZoneInfo (or any tzinfo) arrives as that fixed offset, so an
+    ambiguous or skipped local time is compared by offset and wall time, not
+    by PEP 495's inter-zone ``==`` (always unequal for such times). A tzinfo
+    that gives no offset, and ``fold=1`` on a naive value, would be lost.
+    """
+    if sent.tzinfo is received.tzinfo and sent.tzinfo is not None:
+        # The decoded zone is always a fixed offset (UTC most often): when
+        # the sent one is that very object, fold means nothing and ``==``
+        # compares wall times.
+        return bool(sent == received)
+    if (sent.tzinfo is None) != (received.tzinfo is None):
+        return False
+    offset = sent.utcoffset()
+    if offset != received.utcoffset():
+        return False
+    if offset is None and sent.fold != received.fold:
+        return False
+    return bool(
+        sent.replace(tzinfo=None, fold=0) == received.replace(tzinfo=None, fold=0)
+    )
+
+
 def _difference(
     sent: object, received: object, path: str
 ) -> tuple[str, object, object] | None:
     """The first place where ``received`` differs from ``sent``, if any.
 
-    ``==`` said they differ (or could not say); this finds where, and forgives
-    the one value that is carried exactly yet unequal to itself: a Decimal NaN.
+    Types must match exactly (an IntEnum member of another class, a float in a
+    Decimal field, an OrderedDict are changes even when ``==`` holds), dict
+    keys are compared pair by pair, datetimes and times by
+    :func:`_same_moment`, and the values carried exactly yet unequal to
+    themselves (a float or Decimal NaN) are forgiven.
     """
-    if dataclasses.is_dataclass(sent) and type(sent) is type(received):
+    kind = type(sent)
+    if kind is not type(received):
+        # An int is exact in a float or Decimal field (the numeric tower), and
+        # an IntEnum or StrEnum member in an int or str field is its value.
+        if (kind is int and type(received) in (float, decimal.Decimal)) or (
+            isinstance(sent, enum.Enum) and type(received) in (int, str)
+        ):
+            return None if sent == received else (path, sent, received)
+        return path, sent, received
+    if kind is datetime.datetime or kind is datetime.time:
+        return None if _same_moment(sent, received) else (path, sent, received)
+    if dataclasses.is_dataclass(sent):
         for field in dataclasses.fields(sent):
             found = _difference(
                 getattr(sent, field.name),
@@ -492,35 +724,60 @@ def _difference(
             if found:
                 return found
         return None
-    if isinstance(sent, decimal.Decimal) and isinstance(received, decimal.Decimal):
-        if sent.is_nan() or received.is_nan():
-            same = str(sent) == str(received)
+    if kind is decimal.Decimal:
+        sent_d, got_d = (
+            typing.cast(decimal.Decimal, sent),
+            typing.cast(decimal.Decimal, received),
+        )
+        if sent_d.is_nan() or got_d.is_nan():
+            same = str(sent_d) == str(got_d)
         else:
-            same = sent == received
+            same = sent_d == got_d
         return None if same else (path, sent, received)
-    if (
-        isinstance(sent, (list, tuple))
-        and type(sent) is type(received)
-        and isinstance(received, (list, tuple))
-        and len(sent) == len(received)
-    ):
+    if kind is float and math.isnan(typing.cast(float, sent)):
+        return (
+            None if math.isnan(typing.cast(float, received)) else (path, sent, received)
+        )
+    if isinstance(sent, (list, tuple)) and isinstance(received, (list, tuple)):
+        if len(sent) != len(received):
+            return path, sent, received
         for index, (a, b) in enumerate(zip(sent, received, strict=True)):
             found = _difference(a, b, f"{path}[{index}]")
             if found:
                 return found
         return None
-    if (
-        isinstance(sent, dict)
-        and isinstance(received, dict)
-        and list(sent) == list(received)
-    ):
-        for key, value in sent.items():
-            found = _difference(value, received[key], f"{path}[{key!r:.40}]")
+    if isinstance(sent, dict) and isinstance(received, dict):
+        if len(sent) != len(received):
+            return path, sent, received
+        pairs = zip(sent.items(), received.items(), strict=True)
+        for index, ((key, value), (got_key, got_value)) in enumerate(pairs):
+            found = _difference(key, got_key, f"{path} (key {index})")
+            if found:
+                return found
+            found = _difference(value, got_value, f"{path}[{_key_step(key)}]")
             if found:
                 return found
         return None
+    if isinstance(sent, frozenset) and isinstance(received, frozenset):
+        same = {_wire_form(v) for v in sent} == {_wire_form(v) for v in received}
+        return None if same else (path, sent, received)
     try:
         same = bool(sent == received)
     except Exception:
         same = False
     return None if same else (path, sent, received)
+
+
+def _wire_form(value: object) -> object:
+    """A set member as the wire carries it: a datetime or time by wall and offset."""
+    if type(value) is datetime.datetime or type(value) is datetime.time:
+        moment = typing.cast(datetime.datetime, value)
+        offset = moment.utcoffset()
+        fold = moment.fold if offset is None else 0
+        return (
+            moment.replace(tzinfo=None, fold=0),
+            offset,
+            moment.tzinfo is None,
+            fold,
+        )
+    return value

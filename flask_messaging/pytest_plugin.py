@@ -4,6 +4,7 @@ Installed as a ``pytest11`` plugin with the package:
 
 - ``null_broker``: a :class:`~flask_messaging.broker.NullBroker` installed with
   :func:`~flask_messaging.broker.override_message_broker` for the test.
+  Both brokers apply the app's ``MESSAGING_MAX_MESSAGE_BYTES``.
 - ``test_broker``: a :class:`~flask_messaging.broker.TestBroker` holding the
   subscriptions of the current app (or of your ``app`` fixture), installed for
   the test; call ``test_broker.process_messages()`` to deliver.
@@ -19,12 +20,16 @@ import pytest
 from flask import Flask, current_app, has_app_context
 
 from .broker import NullBroker, TestBroker, override_message_broker
+from .extension import get_state
 from .testing import capture_events as _capture_events
 
 
 @pytest.fixture
-def null_broker() -> Iterator[NullBroker]:
+def null_broker(request: pytest.FixtureRequest) -> Iterator[NullBroker]:
+    app = _find_app(request)
     broker = NullBroker()
+    if app is not None:  # its size limit, also outside its app context
+        broker.max_message_bytes = get_state(app).settings.max_message_bytes
     with override_message_broker(broker):
         yield broker
 

@@ -11,7 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from . import envelope as codec
-from .broker import NullBroker, get_message_broker, override_message_broker
+from .broker import (
+    NullBroker,
+    current_message_limit,
+    get_message_broker,
+    override_message_broker,
+)
 from .message import Message
 
 __all__ = ["capture_events"]
@@ -26,7 +31,8 @@ def captured_registration(message: Message) -> bool:
     captured = _capturing.get()
     if captured is None:
         return False
-    codec.encode(message)  # a bad message fails here as it would for real
+    # A bad or too large message fails here as it would for real.
+    codec.encode(message, max_bytes=current_message_limit())
     captured.append(message)
     return True
 
@@ -46,6 +52,9 @@ def capture_events(*, execute: bool = False) -> Iterator[list[Message]]:
         with capture_events() as events:
             create_user("ada@example.com")
         assert events == [UserRegistered(user_id="1", email="ada@example.com")]
+
+    Messages are checked as for a real publish, against the current app's
+    ``MESSAGING_MAX_MESSAGE_BYTES`` (that key's default, 1 MiB, with no app).
 
     :param execute: publish the captured messages to the app's broker when the
         block ends without error, delivering them to its subscribers.

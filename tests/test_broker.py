@@ -3,15 +3,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from flask import Flask
 
 from flask_messaging import (
     DeliveryError,
     MemoryBroker,
     Message,
     MessageEncodeError,
+    Messaging,
     NullBroker,
     TestBroker,
     current_envelope,
@@ -235,14 +238,17 @@ def test_null_broker_records_and_runs_nothing() -> None:
 def test_test_broker_delivers_on_process_through_the_codec() -> None:
     broker = TestBroker()
     received: list[Price] = []
+    decoded: list[Price] = []
     broker.subscribe(Price, received.append)
+    broker.subscribe_async(Price, decoded.append, name="tests.broker.decoded")
     message = Price(5.0)
     broker.publish(message)
     assert received == []
     assert broker.pending == [message]
     assert broker.process_messages() == 1
-    assert received == [message]
-    assert received[0] is not message  # decoded, as a worker would
+    assert received == [message] == decoded
+    assert received[0] is message  # sync: the published object, as in production
+    assert decoded[0] is not message  # async: decoded, as a worker would
     assert broker.pending == []
     assert broker.published == [message]
 
@@ -355,3 +361,29 @@ def test_override_is_isolated_between_asyncio_tasks() -> None:
         return list(await asyncio.gather(use(NullBroker(), 0.02), use(NullBroker(), 0)))
 
     assert asyncio.run(main()) == [True, True]
+
+
+@dataclass(frozen=True)
+class Blob(Message, name="tests.broker.blob"):
+    data: str
+
+
+def test_doubles_without_an_app_apply_the_default_size_limit() -> None:
+    large = Blob("x" * (1024 * 1024))  # over 1 MiB once in its envelope
+    for broker in (NullBroker(), TestBroker()):
+        with pytest.raises(MessageEncodeError, match=r"\(1,048,576\)"):
+            broker.publish(large)
+        assert broker.published == []
+    unlimited = NullBroker()
+    unlimited.max_message_bytes = None
+    unlimited.publish(large)
+    assert unlimited.published == [large]
+
+
+def test_test_broker_from_app_keeps_the_apps_limit_outside_its_context(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app(Messaging(), MESSAGING_MAX_MESSAGE_BYTES=500)
+    broker = TestBroker.from_app(app)
+    with pytest.raises(MessageEncodeError, match=r"\(500\)"):
+        broker.publish(Blob("x" * 600))

@@ -182,15 +182,18 @@ def nested_lists(levels: int) -> list[Any]:
     ("value", "match"),
     [
         # Non-str keys of a bare dict would arrive as strings.
-        ({1: "x", 2.5: "y"}, r"field data: the key 1 would arrive as the string '1'"),
+        ({1: "x", 2.5: "y"}, r"field data: the key 1 would arrive as a str of 1 char"),
         ({"ok": {2.5: "y"}}, r"field data\['ok'\]: the key 2.5 would arrive as"),
         ({"k": float("nan")}, r"field data\['k'\]: nan would arrive as None"),
-        ({"k": (1, 2)}, r"field data\['k'\]: \(1, 2\) would arrive as \[1, 2\]"),
-        ({"k": decimal.Decimal("1.5")}, r"Decimal\('1.5'\) would arrive as '1.5'"),
-        ({"k": Colour.RED}, r"would arrive as 'red'"),
-        ({"k": frozenset({1})}, r"would arrive as \[1\]"),
-        ({"k": Inner(1)}, r"would arrive as \{'n': 1\}"),
-        ({"k": datetime.date(2026, 1, 2)}, r"would arrive as '2026-01-02'"),
+        ({"k": (1, 2)}, r"data\['k'\]: a tuple of 2 items would arrive as a list"),
+        ({"k": decimal.Decimal("1.5")}, r"Decimal\('1.5'\) would arrive as a str of 3"),
+        ({"k": Colour.RED}, r"<Colour.RED: 'red'> would arrive as a str"),
+        ({"k": frozenset({1})}, r"a frozenset of 1 items would arrive as a list"),
+        ({"k": Inner(1)}, r"an? Inner instance would arrive as a dict of 1 items"),
+        (
+            {"k": datetime.date(2026, 1, 2)},
+            r"date\(2026, 1, 2\) would arrive as a str of 10",
+        ),
     ],
 )
 def test_bare_dict_values_that_would_change_are_refused(value: Any, match: str) -> None:
@@ -227,8 +230,8 @@ class Typed(Message, name="tests.typed"):
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
-        ({"numbers": (1, 2)}, r"field numbers would arrive changed: \(1, 2\)"),
-        ({"pair": [1, 2]}, r"field pair would arrive changed: \[1, 2\]"),
+        ({"numbers": (1, 2)}, r"field numbers would arrive changed: a tuple of 2"),
+        ({"pair": [1, 2]}, r"field pair would arrive changed: a list of 2 items"),
         ({"ratio": 2**53 + 1}, r"field ratio would arrive changed: 9007199254740993"),
         (
             {"at": datetime.datetime(2026, 1, 1, tzinfo=OFFSET_WITH_SECONDS)},

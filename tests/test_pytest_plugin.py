@@ -6,7 +6,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-APP_TESTS = """
+APP_TESTS = r"""
 from dataclasses import dataclass
 
 import pytest
@@ -14,7 +14,8 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_messaging import (
-    Message, Messaging, NullBroker, TestBroker, get_message_broker,
+    Message, MessageEncodeError, Messaging, NullBroker, TestBroker,
+    get_message_broker,
 )
 from flask_messaging.broker import active_override
 from flask_messaging.transaction import register_event, transactional
@@ -42,7 +43,11 @@ def sign_up(session, email):
 @pytest.fixture
 def app():
     app = Flask("plugin_app")
-    app.config.update(SQLALCHEMY_DATABASE_URI="sqlite://", SECRET_KEY="x")
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI="sqlite://",
+        SECRET_KEY="x",
+        MESSAGING_MAX_MESSAGE_BYTES=1000,
+    )
     db.init_app(app)
     messaging.init_app(app, db=db)
     with app.app_context():
@@ -89,13 +94,41 @@ def test_capture_events_refuses_bad_messages(app, capture_events):
     with capture_events():
         with pytest.raises(TypeError):
             register_event("not a message")
+
+
+TOO_LARGE = Signed("x" * 2000)  # over the app's MESSAGING_MAX_MESSAGE_BYTES
+
+
+def test_every_double_applies_the_apps_size_limit(app, null_broker, capture_events):
+    with pytest.raises(MessageEncodeError, match="over MESSAGING_MAX_MESSAGE_BYTES"):
+        null_broker.publish(TOO_LARGE)
+    with pytest.raises(MessageEncodeError, match=r"\(1,000\)"):
+        NullBroker().publish(TOO_LARGE)
+    with pytest.raises(MessageEncodeError, match=r"\(1,000\)"):
+        sign_up(TOO_LARGE.email)  # register_event under the override
+    with capture_events() as events:
+        with pytest.raises(MessageEncodeError, match=r"\(1,000\)"):
+            register_event(TOO_LARGE)
+        with pytest.raises(MessageEncodeError, match=r"\(1,000\)"):
+            get_message_broker().publish(TOO_LARGE)
+    assert events == [] and null_broker.published == []
+    db.session.rollback()
+
+
+def test_test_broker_applies_the_apps_size_limit(app, test_broker):
+    with pytest.raises(MessageEncodeError, match=r"\(1,000\)"):
+        test_broker.publish(TOO_LARGE)
+    outside = TestBroker.from_app(app)
+    with pytest.raises(MessageEncodeError, match=r"\(1,000\)"):
+        outside.publish(TOO_LARGE)
+    assert test_broker.published == [] and outside.published == []
 """
 
 
 def test_fixtures_work_in_an_apps_test_suite(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_app=APP_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error")
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=8)
 
 
 def test_plugin_is_registered_by_the_package() -> None:
