@@ -333,6 +333,8 @@ def status_command(as_json: bool) -> None:
         ) from None
     try:
         backlog = outbox_backlog(state)
+    except UNREACHABLE:
+        raise  # one line naming the database, from the group
     except Exception as exc:
         raise click.ClickException(f"Cannot read the outbox: {exc}") from None
     if as_json:

@@ -311,6 +311,7 @@ def test_the_embedded_shop_keeps_its_development_defaults(
         ["messaging", "worker", "--processes", "2"],
         ["messaging", "relay", "--once"],
         ["messaging", "outbox", "list"],
+        ["messaging", "status"],
     ],
 )
 def test_a_command_without_its_database_says_so_in_one_line(
