@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 import click
 from flask import current_app
-from flask.cli import with_appcontext
+from flask.cli import ScriptInfo, with_appcontext
 
+from .database_errors import UNREACHABLE, describe_unreachable
 from .extension import MessagingState, get_state
 from .outbox import Backlog, Deferred, Relay, utcnow
 from .outbox_cli import outbox_cli
@@ -26,7 +27,9 @@ class _RedactingGroup(click.Group):
 
     Every command's one-line error quotes what went wrong, often an exception
     that names the Redis or database URL; all pass through
-    :func:`~flask_messaging.redaction.redact` here, whoever raised them.
+    :func:`~flask_messaging.redaction.redact` here, whoever raised them. A
+    database that cannot be reached is one such line, not a traceback
+    (:mod:`flask_messaging.database_errors`).
     """
 
     def invoke(self, ctx: click.Context) -> object:
@@ -35,6 +38,12 @@ class _RedactingGroup(click.Group):
         except click.ClickException as exc:
             exc.message = redact(exc.message)  # type: ignore[misc]
             raise
+        except UNREACHABLE as exc:
+            # A database down or missing is the operator's to fix: one line.
+            app = ctx.find_object(ScriptInfo)
+            raise click.ClickException(
+                describe_unreachable(app.load_app() if app else None, exc)
+            ) from None
 
 
 @click.group(
@@ -324,6 +333,8 @@ def status_command(as_json: bool) -> None:
         ) from None
     try:
         backlog = outbox_backlog(state)
+    except UNREACHABLE:
+        raise  # one line naming the database, from the group
     except Exception as exc:
         raise click.ClickException(f"Cannot read the outbox: {exc}") from None
     if as_json:
@@ -371,6 +382,20 @@ def status_command(as_json: bool) -> None:
     click.echo(_describe_backlog(backlog))
 
 
+def _warn_unknown_queues(state: MessagingState, queues: Sequence[str]) -> None:
+    """Say on stderr which of ``queues`` the app does not know (a typo?).
+
+    Not an error: failed jobs of a queue the app no longer uses may remain.
+    """
+    known = state.queue_names()
+    for name in dict.fromkeys(q for q in queues if q not in known):
+        click.echo(
+            f"Warning: the app has no queue {name!r} (its queues: "
+            f"{', '.join(known)}); a job there is listed only if one was left.",
+            err=True,
+        )
+
+
 @messaging_cli.command("failed")
 @click.option(
     "-q",
@@ -393,6 +418,7 @@ def failed_command(queues: tuple[str, ...], limit: int, as_json: bool) -> None:
     from .status import recent_failures
 
     state = _server_state("failures another process can see (the dashboard shows them)")
+    _warn_unknown_queues(state, queues)
     try:
         failures = recent_failures(state, limit, queues)
     except Exception as exc:
@@ -445,6 +471,7 @@ def requeue_failed_command(queues: tuple[str, ...]) -> None:
     from .status import requeue_failed
 
     state = _server_state("requeueing from another process (use the dashboard)")
+    _warn_unknown_queues(state, queues)
     try:
         count = requeue_failed(state, queues)
     except Exception as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from rq.worker import BaseWorker, WorkerStatus
 
 from .dequeue import MessagingQueue
 from .errors import LOST_REDIS
+from .parent_death import stop_with_parent
 from .queue_cleanup import clean_queue
 from .serializer import JSONSerializer
 from .stored_ids import purge_ids
@@ -259,7 +261,7 @@ class JobFaultsMixin:
         for queue in worker.queues:
             try:
                 clean_queue(worker, queue, self._fail_unreadable_left_behind)
-            except LOST_REDIS:
+            except (*LOST_REDIS, StopRequested):
                 raise
             except Exception:
                 logger.exception(
@@ -337,7 +339,7 @@ def fail_unreadable(
             job_class.fetch(job_id, connection=connection, serializer=JSONSerializer)
         except NoSuchJobError:
             continue
-        except LOST_REDIS:
+        except (*LOST_REDIS, StopRequested):
             raise
         except Exception as exc:  # a key of another type too (ResponseError)
             reason = f"Job {job_id}, left behind, cannot be read: {describe(exc)}"
@@ -360,6 +362,20 @@ class CheckedScheduler(RQScheduler):
 
     job_class: type[Job]
     failure_ttl: int
+    #: The worker process that started this scheduler's process.
+    _worker_pid: int | None = None
+
+    def start(self) -> Any:
+        self._worker_pid = os.getpid()
+        return super().start()  # type: ignore[no-untyped-call]
+
+    def work(self) -> None:
+        # Forked by start(): a scheduler outliving its worker (kill -9, the
+        # OOM killer) would renew its locks for ever and keep every other
+        # worker from taking scheduling over.
+        if self._worker_pid is not None and self._worker_pid != os.getpid():
+            stop_with_parent(self._worker_pid)
+        super().work()  # type: ignore[no-untyped-call]
 
     def enqueue_scheduled_jobs(self) -> None:
         scheduler: Any = self

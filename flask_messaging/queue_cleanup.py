@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from rq import registry as rq_registry
 from rq import worker_registration
+from rq.exceptions import StopRequested
 
 from .errors import LOST_REDIS
 from .stored_ids import purge_ids
@@ -99,7 +100,9 @@ def clean_queue(worker: Any, queue: Queue, fail_left_behind: Any) -> None:
         for what, step in steps:
             try:
                 step()
-            except LOST_REDIS:
+            except (*LOST_REDIS, StopRequested):
+                # A SIGTERM during the clean-up raises StopRequested in it:
+                # swallowed, the worker would not stop.
                 raise
             except Exception:
                 logger.exception(

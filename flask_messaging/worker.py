@@ -26,6 +26,7 @@ from .dispatch import job_class_for
 from .extension import get_state
 from .forking import after_fork
 from .job_faults import JobFaultsMixin, describe, fail_job
+from .parent_death import stop_with_parent
 from .scheduling import CHECK_INTERVAL, keep_scheduling
 from .serializer import JSONSerializer
 
@@ -294,7 +295,11 @@ def run_workers(
     """Run ``processes`` workers until they stop; return an exit status.
 
     SIGTERM or SIGINT asks each worker for a warm shutdown: it finishes the
-    job in hand, then exits. A second one stops it at once.
+    job in hand, then exits. A second one stops it at once. With
+    ``processes`` above 1 the status is the highest of the children's (see
+    :class:`_Supervisor`): 128 + the signal's number for a child killed by a
+    signal, as shells report it (137 for ``kill -9``). Each child stops warm
+    if this process dies (:mod:`flask_messaging.parent_death`).
 
     :param relay: also relay the outbox from this process: one pass before a
         burst, else in a thread for as long as the workers run.
@@ -317,9 +322,12 @@ def run_workers(
     # One worker per child process; the parent relays signals, waits, and
     # replaces a child that dies unasked.
     context = multiprocessing.get_context("fork")
+    parent_pid = os.getpid()
     supervisor = _Supervisor(
         lambda n: context.Process(
-            target=_child, args=(app, queues, fork, work_kwargs), name=f"worker-{n}"
+            target=_child,
+            args=(app, queues, fork, work_kwargs, parent_pid),
+            name=f"worker-{n}",
         ),
         ends_on_its_own=bool(burst or max_jobs),
     )
@@ -364,6 +372,10 @@ class _Supervisor:
     ``max_jobs`` child that exits with status 0 has ended its run; one
     killed by a signal is replaced, to finish the run; one that exits with
     an error ends its slot with that status.
+
+    The status of :meth:`wait` never hides a child killed by a signal: it is
+    128 + the signal's number (as shells report it) for a child killed while
+    the pool stops, or whose replacement had not started yet.
     """
 
     def __init__(
@@ -386,6 +398,7 @@ class _Supervisor:
             self._spawn(slot)
 
     def _spawn(self, slot: int) -> None:
+        self._codes.pop(slot, None)  # the replaced child's; the new one's counts
         child = self._make(slot)
         child.start()
         self._children[slot] = child
@@ -429,8 +442,9 @@ class _Supervisor:
 
     def _ended(self, slot: int, code: int) -> None:
         killed = code < 0
+        # multiprocessing gives -N for a signal: max() with 0 would hide it.
+        self._codes[slot] = 128 - code if killed else code
         if self._stopping or (self._ends_on_its_own and not killed):
-            self._codes[slot] = code
             return
         pause = self._pauses[slot].after_run(time.monotonic() - self._started_at[slot])
         logger.error(
@@ -464,13 +478,28 @@ def _relaying(app: Flask, relay: Relay | None) -> Iterator[None]:
 
 
 def _child(
-    app: Flask, queues: Sequence[str], fork: bool, work_kwargs: dict[str, Any]
+    app: Flask,
+    queues: Sequence[str],
+    fork: bool,
+    work_kwargs: dict[str, Any],
+    parent_pid: int,
 ) -> None:
+    # Until RQ installs its own handlers, a stop asked for (or the parent's
+    # death) ends the child cleanly; the parent's handler, inherited by a
+    # replacement, belongs to the parent.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_asked)
+    # An orphan would work on unsupervised, without the parent's relay.
+    stop_with_parent(parent_pid)
     # A group of its own: what it leaves running if it dies is stopped with
     # it (_stop_group); the parent passes on SIGTERM and SIGINT.
     os.setpgid(0, 0)
     after_fork(app)
     _work(app, queues, fork, work_kwargs)
+
+
+def _exit_asked(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _work(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 from flask import Flask
@@ -17,11 +18,15 @@ from . import worker_app
 
 @dataclass(frozen=True)
 class Exit(Message, name="tests.exit"):
-    #: "kill": SIGKILL its own process; "exit0": ``os._exit(0)``.
+    #: "kill": SIGKILL its own process; "exit0": ``os._exit(0)``; "hang":
+    #: hold the process for a minute, as a long job does.
     how: str
 
 
 def on_exit(event: Exit) -> None:
+    if event.how == "hang":
+        time.sleep(60)
+        return
     if event.how == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     os._exit(0)

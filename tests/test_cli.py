@@ -187,3 +187,25 @@ def test_status_reports_an_unreachable_redis_in_one_line() -> None:
     assert status == 1
     assert "Cannot read Redis at redis://127.0.0.1:1/0" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("command", ["failed", "requeue-failed"])
+def test_a_queue_the_app_does_not_know_is_warned_about(
+    real_redis_url: str, command: str
+) -> None:
+    process = flask_messaging_command(
+        "tests.worker_app:create_app",
+        command,
+        "--queue",
+        "nope",
+        "--queue",
+        "low",
+        env={"MESSAGING_REDIS_URL": real_redis_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "the app has no queue 'nope' (its queues: high, default, low)" in err
+    assert "'low'" not in err
+    assert "nope" not in out

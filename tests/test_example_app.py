@@ -18,12 +18,28 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from redis import Redis
+from sqlalchemy.engine import make_url
 
-from example_app import create_app
+from example_app import DEVELOPMENT_KEY, create_app
 from example_app.extensions import db
 from flask_messaging.extension import get_state
 
 from .conftest import ROOT, flask_messaging_command, free_port
+
+#: What the shop needs besides a real Redis: it has no defaults for them then.
+SECRETS = {
+    "SECRET_KEY": "production-shape test key",
+    "DASHBOARD_USER": "ops",
+    "DASHBOARD_PASSWORD": "a test passphrase",
+}
+SECRET_CONFIG = {
+    "SECRET_KEY": SECRETS["SECRET_KEY"],
+    "MESSAGING_DASHBOARD_AUTH": (
+        SECRETS["DASHBOARD_USER"],
+        SECRETS["DASHBOARD_PASSWORD"],
+    ),
+}
 
 
 @pytest.fixture
@@ -103,7 +119,7 @@ def test_shop_on_embedded_defaults(make_shop: Any) -> None:
 def test_shop_with_real_redis_and_a_worker_process(
     make_shop: Any, real_redis_url: str, tmp_path: Path
 ) -> None:
-    app = make_shop(MESSAGING_REDIS_URL=real_redis_url)
+    app = make_shop(MESSAGING_REDIS_URL=real_redis_url, **SECRET_CONFIG)
     client = app.test_client()
     shop_flow(client)
     assert client.get("/api/activity").json["welcome_emails"] == []  # not yet
@@ -114,6 +130,7 @@ def test_shop_with_real_redis_and_a_worker_process(
         env={
             "DATABASE_URL": f"sqlite:///{tmp_path / 'shop.db'}",
             "MESSAGING_REDIS_URL": real_redis_url,
+            **SECRETS,
         },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -155,7 +172,7 @@ def test_the_production_shape_creates_tables_once_then_starts_side_by_side(
     env = {
         "DATABASE_URL": postgres_url,
         "MESSAGING_REDIS_URL": real_redis_url,
-        "SECRET_KEY": "production-shape test key",
+        **SECRETS,
     }
     app = create_app({"SQLALCHEMY_DATABASE_URI": postgres_url})
     with app.app_context():
@@ -167,6 +184,7 @@ def test_the_production_shape_creates_tables_once_then_starts_side_by_side(
             {
                 "SQLALCHEMY_DATABASE_URI": postgres_url,
                 "MESSAGING_REDIS_URL": real_redis_url,
+                **SECRET_CONFIG,
             }
         )
         with app.app_context():
@@ -239,3 +257,86 @@ def wait_until(condition: Callable[[], object]) -> None:
     while not condition():
         assert time.monotonic() < deadline, "gave up waiting"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    "unset, named",
+    [
+        (["SECRET_KEY"], "set SECRET_KEY in the environment"),
+        (["DASHBOARD_PASSWORD"], "set DASHBOARD_USER and DASHBOARD_PASSWORD"),
+        (["DASHBOARD_USER", "DASHBOARD_PASSWORD"], "DASHBOARD_PASSWORD"),
+    ],
+)
+@pytest.mark.parametrize("command", [["messaging", "worker", "--burst"], ["init-db"]])
+def test_the_shop_on_a_real_redis_refuses_the_public_development_defaults(
+    real_redis_url: str,
+    tmp_path: Path,
+    unset: list[str],
+    named: str,
+    command: list[str],
+) -> None:
+    env = {**os.environ, **SECRETS, "MESSAGING_REDIS_URL": real_redis_url}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'shop.db'}"
+    env["PYTHONPATH"] = str(ROOT)
+    for name in unset:
+        env.pop(name)
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "example_app", *command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0, result.stdout
+    assert named in result.stderr
+    assert not Redis.from_url(real_redis_url).keys("rq:worker:*")
+
+
+def test_the_embedded_shop_keeps_its_development_defaults(
+    monkeypatch: pytest.MonkeyPatch, make_shop: Any
+) -> None:
+    for name in SECRETS:
+        monkeypatch.delenv(name, raising=False)
+    app = make_shop()
+    assert app.config["SECRET_KEY"] == DEVELOPMENT_KEY
+    assert app.config["MESSAGING_DASHBOARD_AUTH"] == ("admin", "admin")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["init-db"],
+        ["messaging", "worker", "--burst"],
+        ["messaging", "worker", "--processes", "2"],
+        ["messaging", "relay", "--once"],
+        ["messaging", "outbox", "list"],
+        ["messaging", "status"],
+    ],
+)
+def test_a_command_without_its_database_says_so_in_one_line(
+    postgres_url: str, real_redis_url: str, command: list[str]
+) -> None:
+    url = make_url(postgres_url).set(
+        password="hunter2secret", database="fm_opsfix_no_such_database"
+    )
+    env = {
+        **os.environ,
+        **SECRETS,
+        "MESSAGING_REDIS_URL": real_redis_url,
+        "DATABASE_URL": url.render_as_string(False),
+        "PYTHONPATH": str(ROOT),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "example_app", *command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "fm_opsfix_no_such_database" in line
+    assert "hunter2secret" not in line
+    assert "create the database" in line

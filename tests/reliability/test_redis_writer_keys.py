@@ -19,6 +19,7 @@ from collections.abc import Callable
 import pytest
 from flask import Flask
 from redis import Redis
+from rq import Worker
 
 from flask_messaging import get_message_broker
 from flask_messaging.extension import get_state
@@ -31,6 +32,7 @@ from .. import exit_app, worker_app
 from ..conftest import flask_messaging_command
 from ..exit_app import Exit
 from ..worker_app import Boom, Ping, handled
+from .harness import alive, wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -332,6 +334,15 @@ def test_a_worker_process_killed_by_its_handler_is_replaced(
                 break
             time.sleep(0.1)
         assert [entry["value"] for entry in handled(redis)] == [1]
+        # Both slots filled again: a slot still waiting for its replacement
+        # would make the pool's status 137 (the kill it has not made up for).
+        wait_until(
+            lambda: (
+                redis.llen(LOW) == 0
+                and sum(alive(w.pid) for w in Worker.all(connection=redis)) == 2
+            ),
+            "both killed processes to be replaced",
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
