@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -27,8 +27,14 @@ from .worker_app import handled
 _apps: list[Flask] = []
 
 
-def make(database_url: str, redis_url: str, **config: object) -> Flask:
-    app = create_app(
+def make(
+    database_url: str,
+    redis_url: str,
+    factory: Callable[..., Flask] = create_app,
+    **config: object,
+) -> Flask:
+    """An app of ``factory`` on fresh tables, dropped again after the test."""
+    app = factory(
         SQLALCHEMY_DATABASE_URI=database_url, MESSAGING_REDIS_URL=redis_url, **config
     )
     with app.app_context():

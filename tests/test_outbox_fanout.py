@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,38 +27,18 @@ from flask_messaging.queue_names import LOW_PRIORITY
 from .conftest import ROOT, RedisServer, flask_messaging_command
 from .skew_app import ARCHIVE_KEY
 from .skew_app import create_app as create_skew_app
-from .test_outbox import _quiet, outbox_rows, queued, register_users
+
+# cleanup: the autouse fixture that drops what make_app made.
+from .test_outbox import _quiet, cleanup, outbox_rows, queued, register_users  # noqa: F401
+from .test_outbox import make as make_app
 from .tx_app import User, UserRegistered, db
 from .worker_app import handled
 
 WELCOME_KEY = "tests.tx_app:welcome"
 
-_apps: list[Flask] = []
-
 
 def make(database_url: str, redis_url: str, **config: object) -> Flask:
-    app = create_skew_app(
-        SQLALCHEMY_DATABASE_URI=database_url, MESSAGING_REDIS_URL=redis_url, **config
-    )
-    with app.app_context():
-        db.drop_all()
-        db.create_all()
-    _apps.append(app)
-    return app
-
-
-@pytest.fixture(autouse=True)
-def cleanup() -> Iterator[None]:
-    yield
-    while _apps:
-        app = _apps.pop()
-        with app.app_context():
-            db.session.remove()
-            db.drop_all()
-            db.engine.dispose()
-        state = get_state(app)
-        if "redis" in state.__dict__:
-            state.redis.close()
+    return make_app(database_url, redis_url, factory=create_skew_app, **config)
 
 
 def run(
