@@ -30,7 +30,8 @@ from rq.utils import as_text
 
 from .errors import InvalidJobError, JobTooLargeError
 from .lua import LuaScript
-from .stored_ids import decoded_id, log_wrong_type
+from .redis_entries import decoded
+from .stored_ids import log_wrong_type
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -190,7 +191,7 @@ class MessagingQueue(Queue):
                     serializer=serializer,
                     death_penalty_class=death_penalty_class,
                 )
-                job_id = decoded_id(taken[1])
+                job_id = decoded(taken[1])
                 if job_id is None:
                     # Names no job, and the failed registry cannot hold it.
                     connection.lrem(queue.intermediate_queue_key, 1, taken[1])

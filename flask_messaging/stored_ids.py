@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .lua import LuaScript
+from .redis_entries import decoded
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -27,7 +28,6 @@ __all__ = [
     "PURGE_CHUNK",
     "PURGE_LIMIT",
     "Purged",
-    "decoded_id",
     "log_wrong_type",
     "purge_ids",
 ]
@@ -169,7 +169,7 @@ def purge_ids(
         scanned = int(reply[1])
         removed: list[bytes] = list(reply[2:])
         for entry in removed:
-            if decoded_id(entry) is None:
+            if decoded(entry) is None:
                 purged.undecodable.append(entry)
                 logger.error(
                     "Removed %r from %s: it is not UTF-8, so it names no job"
@@ -190,16 +190,6 @@ def purge_ids(
             "Removed %d ids of jobs that no longer exist from %s.", purged.ghosts, key
         )
     return purged
-
-
-def decoded_id(raw: bytes | str) -> str | None:
-    """``raw`` as text, or ``None`` when it is not UTF-8."""
-    if isinstance(raw, str):
-        return raw
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return None
 
 
 #: Seconds between two logs of the same key of the wrong type.
