@@ -49,6 +49,25 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _current_workers(redis: Redis) -> dict[bytes, bytes]:
+    """Process id -> name of the newest worker registered by that process.
+
+    ``flask messaging worker`` replaces, in the same process, a worker whose
+    loop quit when Redis went away; the old one's record may outlive it (its
+    clean-up could not reach Redis), with the same, live, process id. Only
+    the newest worker of a process is alive.
+    """
+    newest: dict[bytes, tuple[bytes, bytes]] = {}
+    for key in redis.smembers("rq:workers"):  # type: ignore[union-attr]
+        pid, birth = redis.hmget(key, "pid", "birth")
+        if pid is None:
+            continue
+        name = key.removeprefix(b"rq:worker:")
+        if pid not in newest or (birth or b"") > newest[pid][0]:
+            newest[pid] = (birth or b"", name)
+    return {pid: name for pid, (_, name) in newest.items()}
+
+
 class Processes:
     """``flask messaging …`` processes of one test, each in a session of its own.
 
@@ -127,12 +146,13 @@ def rescue_abandoned(redis: Redis, queue: str) -> int:
     registry = StartedJobRegistry(
         queue, connection=redis, job_class=MessagingJob, serializer=JSONSerializer
     )
+    current = _current_workers(redis)
     dead: dict[bytes, float] = {}
     for member in redis.zrange(registry.key, 0, -1):
         job_id, execution_id = parse_composite_key(member.decode())
         worker = redis.hget(f"rq:execution:{job_id}:{execution_id}", "worker_name")
         pid = redis.hget(f"rq:worker:{worker.decode()}", "pid") if worker else None
-        if pid is None or not alive(int(pid)):
+        if pid is None or not alive(int(pid)) or current.get(pid) != worker:
             dead[member] = 1
     if not dead:
         return 0
