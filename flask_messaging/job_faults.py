@@ -33,6 +33,7 @@ from .dequeue import MessagingQueue
 from .errors import LOST_REDIS
 from .parent_death import stop_with_parent
 from .queue_cleanup import clean_queue
+from .redis_entries import is_wrong_type, key_type
 from .serializer import JSONSerializer
 from .stored_ids import purge_ids
 
@@ -190,8 +191,10 @@ class JobFaultsMixin:
         :return: whether the key was replaced (the write can be tried again).
         """
         worker: Any = self
-        found = as_text(worker.connection.type(worker.key))
-        if found in ("none", "hash") or "WRONGTYPE" not in str(exc):
+        if not is_wrong_type(exc):
+            return False
+        found = key_type(worker.connection, worker.key)
+        if found in ("none", "hash"):
             return False
         logger.error(
             "Redis key %s, this worker's own, was a %s (written there by"
