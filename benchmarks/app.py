@@ -15,7 +15,7 @@ from redis import Redis
 from sqlalchemy.orm import Mapped, mapped_column
 
 from flask_messaging import Message, Messaging
-from flask_messaging.extension import get_state
+from flask_messaging.state import get_state
 
 db = SQLAlchemy()
 messaging = Messaging()

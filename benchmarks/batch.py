@@ -17,8 +17,8 @@ from flask import Flask
 from redis import Redis
 from rq import Queue
 
-from flask_messaging.extension import get_state
 from flask_messaging.queue_names import DEFAULT_PRIORITY
+from flask_messaging.state import get_state
 from flask_messaging.transaction import register_event
 
 from ._support import Row, database_url, redis_server

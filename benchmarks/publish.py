@@ -13,7 +13,7 @@ from blinker import Signal
 from flask import Flask
 
 from flask_messaging import Message, Messaging
-from flask_messaging.extension import get_state
+from flask_messaging.state import get_state
 
 from ._support import Row, rate
 

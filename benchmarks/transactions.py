@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from redis import Redis
 from rq import Queue
 
-from flask_messaging.extension import get_state
 from flask_messaging.outbox import Relay
+from flask_messaging.state import get_state
 from flask_messaging.transaction import register_event
 
 from ._support import Row, database_url, rate, redis_server
@@ -91,14 +91,14 @@ def _relay(repeat: int, count: int) -> Row:
     results = []
     for _ in range(repeat):
         # Redis unreachable at commit: every event waits in the outbox.
-        state.__dict__["redis"] = Redis(port=1)
+        state.use_redis(Redis(port=1))
         logger.disabled = True
         for start in range(0, count, 1000):
             for n in range(start, start + 1000):
                 register_event(AccountOpened(n, f"{n}@example.com"))
             db.session.commit()
         logger.disabled = False
-        state.__dict__["redis"] = real
+        state.use_redis(real)
         relay = Relay(state)
         results.append(rate(count, relay.run_once))
         real.flushdb()

@@ -15,7 +15,7 @@ from rq import Queue, SimpleWorker, Worker
 from rq.worker import BaseWorker
 
 from flask_messaging import Message, Messaging
-from flask_messaging.extension import get_state
+from flask_messaging.state import get_state
 from flask_messaging.worker import MessagingWorker, make_worker
 
 from ._support import Row, rate, redis_server

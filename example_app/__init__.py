@@ -33,8 +33,8 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 
 from flask_messaging.database_errors import UNREACHABLE, describe_unreachable
-from flask_messaging.extension import get_state
 from flask_messaging.redaction import redact_url
+from flask_messaging.state import get_state
 
 from .extensions import db, messaging
 

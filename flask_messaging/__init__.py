@@ -19,7 +19,9 @@ from .errors import (
     UnknownHandlerError,
 )
 from .extension import Messaging
+from .idempotency import idempotent
 from .message import Message
+from .transaction import register_event, transactional
 
 __version__ = "0.1.0.dev0"
 
@@ -40,5 +42,8 @@ __all__ = [
     "UnknownHandlerError",
     "current_envelope",
     "get_message_broker",
+    "idempotent",
     "override_message_broker",
+    "register_event",
+    "transactional",
 ]

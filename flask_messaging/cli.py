@@ -7,23 +7,33 @@ import logging
 import signal
 import threading
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import click
 from flask import current_app
-from flask.cli import ScriptInfo, with_appcontext
+from flask.cli import AppGroup, ScriptInfo
 
+from ._rq.status import (
+    queue_status,
+    recent_failures,
+    requeue_failed,
+    worker_status,
+)
 from .database_errors import UNREACHABLE, describe_unreachable
-from .extension import MessagingState, get_state
-from .outbox import Backlog, Deferred, Relay, utcnow
+from .outbox import Backlog, Deferred, Relay, outbox_backlog, utcnow
 from .outbox_cli import outbox_cli
 from .redaction import redact, redact_url
-from .subscription import Subscription
+from .state import MessagingState, get_state
+from .subscription import describe_subscription
+from .worker import run_workers
 
 __all__ = ["messaging_cli"]
 
 
-class _RedactingGroup(click.Group):
+class _RedactingGroup(AppGroup):
     """A command group whose error messages never show a credential.
+
+    Its commands run in the app's context (Flask's ``AppGroup``).
 
     Every command's one-line error quotes what went wrong, often an exception
     that names the Redis or database URL; all pass through
@@ -53,23 +63,6 @@ class _RedactingGroup(click.Group):
 )
 def messaging_cli() -> None:
     pass
-
-
-def _describe(subscription: Subscription) -> dict[str, object]:
-    predicate = subscription.predicate
-    return {
-        "message_type": subscription.message_type.__message_name__,
-        "handler": subscription.key,
-        "mode": "async" if subscription.is_async else "sync",
-        "queue": subscription.queue_name,
-        "predicate": _callable_name(predicate) if predicate is not None else None,
-    }
-
-
-def _callable_name(function: object) -> str:
-    module = getattr(function, "__module__", None)
-    qualname = getattr(function, "__qualname__", None) or repr(function)
-    return f"{module}:{qualname}" if module else qualname
 
 
 def _server_state(purpose: str) -> MessagingState:
@@ -104,10 +97,9 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 @messaging_cli.command("subscribers")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@with_appcontext
 def subscribers_command(as_json: bool) -> None:
     """List every subscription: message type, handler, mode, queue, predicate."""
-    rows = [_describe(s) for s in get_state().registry]
+    rows = [describe_subscription(s) for s in get_state().registry]
     rows.sort(key=lambda row: str(row["message_type"]))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -165,7 +157,6 @@ def subscribers_command(as_json: bool) -> None:
     show_default=True,
     help="How much RQ logs about each job.",
 )
-@with_appcontext
 def worker_command(
     queues: tuple[str, ...],
     burst: bool,
@@ -184,7 +175,6 @@ def worker_command(
     it (any number of workers on PostgreSQL; on SQLite, one worker without
     --no-relay), unless --no-relay.
     """
-    from .worker import run_workers
 
     state = _server_state("separate workers")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -230,7 +220,6 @@ def worker_command(
     type=click.FloatRange(min=0),
     help="Seconds between passes (default MESSAGING_RELAY_INTERVAL).",
 )
-@with_appcontext
 def relay_command(once: bool, interval: float | None) -> None:
     """Enqueue outbox events that were committed but not enqueued.
 
@@ -316,12 +305,8 @@ def _describe_backlog(backlog: Backlog | None) -> str:
 
 @messaging_cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@with_appcontext
 def status_command(as_json: bool) -> None:
     """Show queues, workers, failed jobs and the outbox backlog."""
-    from dataclasses import asdict
-
-    from .status import outbox_backlog, queue_status, worker_status
 
     state = _server_state("a status another process can see (the dashboard shows it)")
     try:
@@ -412,10 +397,8 @@ def _warn_unknown_queues(state: MessagingState, queues: Sequence[str]) -> None:
     help="List at most this many, newest first.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@with_appcontext
 def failed_command(queues: tuple[str, ...], limit: int, as_json: bool) -> None:
     """List failed jobs, newest first, with the error each failed with."""
-    from .status import recent_failures
 
     state = _server_state("failures another process can see (the dashboard shows them)")
     _warn_unknown_queues(state, queues)
@@ -465,10 +448,8 @@ def failed_command(queues: tuple[str, ...], limit: int, as_json: bool) -> None:
     multiple=True,
     help="Only this queue (repeatable); default: every queue.",
 )
-@with_appcontext
 def requeue_failed_command(queues: tuple[str, ...]) -> None:
     """Put failed jobs back on their queues, to be run again."""
-    from .status import requeue_failed
 
     state = _server_state("requeueing from another process (use the dashboard)")
     _warn_unknown_queues(state, queues)

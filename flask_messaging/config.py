@@ -6,11 +6,32 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .jobs import JobOptions
 from .queue_names import PRIORITY_ORDER
 from .redaction import redact
 
-__all__ = ["DEFAULTS", "OutboxSettings", "Settings"]
+__all__ = ["DEFAULTS", "JobOptions", "OutboxSettings", "Settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """The app's defaults for async jobs (``MESSAGING_RETRY`` and friends).
+
+    A subscription's own ``retry`` and ``timeout`` win over these.
+    """
+
+    #: Retries of a failed job (0: none).
+    retry: int = 3
+    #: Seconds before each retry; the last repeats for further retries.
+    retry_intervals: tuple[int, ...] = (10, 60, 300)
+    #: Seconds a job may run before it is failed.
+    timeout: int = 180
+    #: Seconds a finished job and its result are kept (-1: for ever, 0: none).
+    result_ttl: int = 500
+    #: Seconds a failed job is kept in the failed registry.
+    failure_ttl: int = 60 * 60 * 24 * 365
+    #: Seconds a job may wait in its queue before it expires (None: for ever).
+    ttl: int | None = None
+
 
 _DEFAULT_JOBS = JobOptions()
 

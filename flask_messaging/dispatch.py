@@ -1,38 +1,117 @@
-"""The worker side of async delivery: the one job function, and its guard.
+"""Async delivery: what a job is, where jobs go, and what runs one.
 
-Every job this package enqueues names :func:`dispatch`. A worker started with
-``flask messaging worker`` fetches jobs as :class:`MessagingJob`, which reads
-only the job-hash fields our enqueue writes (see :mod:`.job_hash`), with a
-bound on their size, and refuses to import any other function or callback,
-so a job written into Redis by someone else cannot make the worker run
-arbitrary code or act on anything else. ``dispatch`` then checks the job's
-HMAC signature, which binds its contents to its job id and queue, and finds
-the handler in the app's own registry (an allow-list), by the stable key the
-job carries.
+A :class:`Delivery` is one message for one async subscriber, and becomes one
+job. The app's :class:`JobSink` takes a publish's deliveries: RQ jobs in
+Redis (a :class:`DurableJobSink`, :mod:`flask_messaging._rq.enqueue`), or
+:class:`InlineJobs`, which runs them at once (``MESSAGING_ASYNC = False``).
+
+Every job names :func:`dispatch`, and only it (:data:`DISPATCH_FUNCTION`).
+The worker's job class (:class:`~flask_messaging._rq.job.MessagingJob`)
+refuses any other function before importing anything; ``dispatch`` then
+checks the job's HMAC signature, which binds its contents to its job id and
+queue, and finds the handler in the app's own registry (an allow-list), by
+the stable key the job carries.
 """
 
 from __future__ import annotations
 
 import contextvars
-import functools
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from flask import current_app, has_app_context
-from rq.job import Job
 
 from . import envelope as codec
-from .errors import InvalidJobError, UnknownHandlerError
-from .job_hash import ALLOWED_FIELDS, check_job_hash, field_limit
-from .jobs import DISPATCH_FUNCTION
+from .errors import (
+    InvalidJobError,
+    UnknownHandlerError,
+    raise_failures,
+    record_failure,
+)
 from .message import message_type_by_name
 from .signing import JobBinding
 from .subscription import Subscription
 
-__all__ = ["MessagingJob", "dispatch", "job_class_for"]
+__all__ = [
+    "DISPATCH_FUNCTION",
+    "Delivery",
+    "DurableJobSink",
+    "InlineJobs",
+    "JobSink",
+    "dispatch",
+    "run_delivery",
+    "running_job",
+]
+
+#: The only function our jobs ever name; workers refuse any other. Stored in
+#: every job: it names this module's :func:`dispatch` for good.
+DISPATCH_FUNCTION = "flask_messaging.dispatch.dispatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message for one async subscriber: one job."""
+
+    subscription: Subscription
+    #: The stable name of the message's class.
+    message_type: str
+    message_id: str
+    #: The encoded envelope.
+    envelope: bytes
+
+    @property
+    def job_id(self) -> str:
+        """Stable per (message, subscriber): the same delivery is the same job."""
+        return f"msg-{self.message_id}-{self.subscription.key_digest}"
+
+
+class JobSink(Protocol):
+    """Where a publish's async deliveries go."""
+
+    def enqueue(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand over ``deliveries``.
+
+        :raises DeliveryError: deliveries run at once failed (inline sinks).
+        :raises redis.RedisError: Redis did not take the jobs (none was
+            written).
+        """
+
+
+@runtime_checkable
+class DurableJobSink(JobSink, Protocol):
+    """A sink whose jobs outlive this process: the outbox relays through one."""
+
+    def enqueue_once(
+        self,
+        messages: Sequence[tuple[str, Sequence[Delivery]]],
+        relayed_key: str | None = None,
+    ) -> list[bool]:
+        """Enqueue each message's deliveries unless that message was already.
+
+        ``messages`` pairs a message id with its deliveries (possibly none).
+        With ``relayed_key``, each message id enqueued is also appended to
+        that Redis list, for the relay to mark its outbox row.
+
+        :return: per message, whether this call enqueued it.
+        """
+        ...
+
 
 _running: contextvars.ContextVar[JobBinding | None] = contextvars.ContextVar(
     "flask_messaging_job", default=None
 )
+
+
+@contextmanager
+def running_job(binding: JobBinding) -> Iterator[None]:
+    """Let :func:`dispatch` run inside the block, as the job ``binding`` names."""
+    token = _running.set(binding)
+    try:
+        yield
+    finally:
+        _running.reset(token)
 
 
 def dispatch(handler_key: object, envelope: object, signature: object) -> None:
@@ -108,120 +187,29 @@ def _handle(subscription: Subscription, envelope: codec.Envelope) -> None:
         subscription.handler(message)
 
 
-class MessagingJob(Job):
-    """An RQ job that can only ever run :func:`dispatch`.
+class InlineJobs:
+    """Runs async subscribers at once, in the publishing thread.
 
-    RQ imports whatever function and callbacks a job hash names, whatever the
-    serializer, and acts on every field it knows: this class reads a hash
-    only once :func:`~flask_messaging.job_hash.check_job_hash` has accepted
-    every field (shape and size), refuses, before any import, every job that
-    names something else, and such jobs fail at once, without retries.
+    For ``MESSAGING_ASYNC = False``: each delivery still goes through a full
+    encode and decode, as it would through a worker.
     """
 
-    #: The most bytes a field may hold, raw or inflated; per app, see
-    #: :func:`job_class_for`.
-    max_field_bytes = field_limit(1024 * 1024)
+    def enqueue(self, deliveries: Sequence[Delivery]) -> None:
+        """Run each delivery's handler in turn.
 
-    #: The most fields a hash may have: a larger one is refused by the take
-    #: before it is read (:mod:`flask_messaging.dequeue`).
-    max_fields = len(ALLOWED_FIELDS)
-
-    #: False for the displays' reads: ``data`` and ``exc_info`` are checked,
-    #: then dropped, so that a page of jobs holds none of their payloads.
-    #: Such a job is never saved.
-    keeps_payload = True
-
-    def restore(self, raw_data: Any) -> Any:
-        """Read a job hash, refusing one that is not ours or too large.
-
-        :raises InvalidJobError: a field our jobs never have or a value they
-            never hold (:mod:`flask_messaging.job_hash`).
-        :raises JobTooLargeError: a field over :attr:`max_field_bytes`.
+        :raises DeliveryError: handlers failed; every delivery still ran.
         """
-        if not raw_data or (b"data" not in raw_data and "data" not in raw_data):
-            return super().restore(raw_data)  # RQ says: no such job
-        checked = check_job_hash(self.id, raw_data, self.max_field_bytes)
-        if not self.keeps_payload:
-            checked["data"] = _PAYLOAD_NOT_KEPT
-            checked.pop("exc_info", None)
-        return super().restore(checked)
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if not self.keeps_payload:
-            raise RuntimeError(
-                f"Job {self.id} was read for display, without its payload:"
-                " it cannot be saved."
-            )
-        super().save(*args, **kwargs)
-
-    @property
-    def func(self) -> Any:
-        if self.func_name != DISPATCH_FUNCTION or self.instance is not None:
-            raise InvalidJobError(
-                f"Refused job {self.id}: it names {self.func_name!r}; workers of"
-                f" flask-messaging only run {DISPATCH_FUNCTION}."
-            )
-        callbacks = [
-            name
-            for name in (
-                self._success_callback_name,
-                self._failure_callback_name,
-                self._stopped_callback_name,
-            )
-            if name
-        ]
-        if callbacks:
-            raise InvalidJobError(
-                f"Refused job {self.id}: it names callbacks {callbacks!r}, which"
-                " flask-messaging jobs never have."
-            )
-        return dispatch
-
-    # Callbacks would be imported by name after the job ran: never.
-    @property
-    def success_callback(self) -> None:
-        return None
-
-    @property
-    def failure_callback(self) -> None:
-        return None
-
-    @property
-    def stopped_callback(self) -> None:
-        return None
-
-    def perform(self) -> Any:
-        token = _running.set(JobBinding(self.id, self.origin))
-        try:
-            return super().perform()
-        except InvalidJobError:
-            self.retries_left = 0  # a refused job would be refused again
-            raise
-        finally:
-            _running.reset(token)
-
-
-#: What a job read for display holds instead of its call.
-_PAYLOAD_NOT_KEPT = b'["(not kept)", null, [], {}]'
-
-
-@functools.cache
-def job_class_for(
-    max_message_bytes: int | None, *, for_display: bool = False
-) -> type[MessagingJob]:
-    """:class:`MessagingJob` bounded for ``MESSAGING_MAX_MESSAGE_BYTES``.
-
-    Workers, and whatever writes jobs back (a requeue), read jobs with it;
-    ``flask messaging status`` and the dashboard read them with
-    ``for_display=True``, which keeps no payload (see
-    :attr:`MessagingJob.keeps_payload`).
-    """
-    return type(
-        "MessagingJob",
-        (MessagingJob,),
-        {
-            "max_field_bytes": field_limit(max_message_bytes),
-            "keeps_payload": not for_display,
-            "__module__": __name__,
-        },
-    )
+        errors: list[Exception] | None = None
+        for delivery in deliveries:
+            try:
+                run_delivery(delivery.subscription, delivery.envelope)
+            except Exception as exc:
+                errors = record_failure(
+                    errors,
+                    delivery.subscription,
+                    delivery.message_type,
+                    delivery.message_id,
+                    exc,
+                )
+        if errors:
+            raise_failures(deliveries[0].message_type, errors)

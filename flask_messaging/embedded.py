@@ -13,55 +13,24 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
-from rq.timeouts import TimerDeathPenalty
-
-from .jobs import Delivery, RQJobs
+from ._rq.enqueue import RQJobs
+from ._rq.workers import ThreadScheduler, ThreadWorker, make_worker
+from .dispatch import Delivery
 from .outbox import Relay
-from .worker import MessagingWorker, RestartPause, make_worker
-
-if TYPE_CHECKING:
-    from .extension import MessagingState
+from .restart_pause import RestartPause
+from .state import MessagingState
 
 __all__ = ["EmbeddedJobs", "EmbeddedWorker"]
 
 logger = logging.getLogger("flask_messaging")
 
 
-class ThreadWorker(MessagingWorker):
-    """A worker that can live in a non-main thread: no signals anywhere."""
-
-    death_penalty_class = TimerDeathPenalty
-
-    def _install_signal_handlers(self) -> None:
-        pass
-
-    def request_stop(self, signum: Any = None, frame: Any = None) -> None:
-        self._stop_requested = True
-
-    def procline(self, message: str) -> None:
-        pass  # the process title belongs to the app
-
-    def dequeue_job_and_maintain_ttl(
-        self, timeout: int | None, max_idle_time: int | None = None
-    ) -> Any:
-        # RQ's blocking pop only gives up for an idle limit; wait in short
-        # slices so that a stop request is seen within a second.
-        while not self._stop_requested:
-            result = super().dequeue_job_and_maintain_ttl(
-                EmbeddedWorker.poll_interval, max_idle_time=EmbeddedWorker.poll_interval
-            )
-            if result is not None:
-                return result
-        return None
-
-
 class EmbeddedWorker:
     """A worker thread, and a thread that schedules retries and relays."""
 
     #: Seconds between checks for a stop request and for due retries.
-    poll_interval = 1
+    poll_interval = ThreadWorker.poll_interval
 
     def __init__(self, state: MessagingState) -> None:
         self._state = state
@@ -89,7 +58,11 @@ class EmbeddedWorker:
             thread.start()
 
     def stop(self, timeout: float = 10) -> None:
-        """Let the job in hand finish, then stop both threads."""
+        """Let the job in hand finish, then stop both threads.
+
+        :param timeout: seconds to wait for each thread; one still running
+            then (a long job) is left to end on its own, as a daemon thread.
+        """
         self._stop.set()
         if self.worker is not None:
             self.worker.request_stop()
@@ -121,22 +94,13 @@ class EmbeddedWorker:
     def _schedule(self) -> None:
         # RQ's scheduler runs in a forked process, which cannot share an
         # in-process Redis: move due retries onto their queues from here.
-        from .dispatch import job_class_for
-        from .job_faults import CheckedScheduler
-        from .serializer import JSONSerializer
-
         state = self._state
-        scheduler = CheckedScheduler(
-            list(state.queue_names()), connection=state.redis, serializer=JSONSerializer
-        )
-        scheduler.job_class = job_class_for(state.settings.max_message_bytes)
-        scheduler.failure_ttl = state.settings.jobs.failure_ttl
+        scheduler = ThreadScheduler(state)
         relay = None
         last_full_pass = time.monotonic()
         while not self._stop.wait(self.poll_interval):
             try:
-                scheduler.acquire_locks()  # type: ignore[no-untyped-call]
-                scheduler.enqueue_scheduled_jobs()
+                scheduler.move_due()
                 if state.writes_outbox:
                     # Be the outbox's relay too: nothing else shares this Redis.
                     with state.app.app_context():

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn, Protocol
 
 from redis import exceptions as redis_errors
-
-if TYPE_CHECKING:
-    from .subscription import Subscription
 
 __all__ = [
     "DeliveryError",
@@ -97,9 +94,15 @@ class DeliveryError(MessagingError, ExceptionGroup[Exception]):
         return DeliveryError(self.message, excs)
 
 
+class _Subscriber(Protocol):
+    #: The handler's stable key (``module:qualname``, or its ``name``).
+    @property
+    def key(self) -> str: ...
+
+
 def record_failure(
     errors: list[Exception] | None,
-    subscription: Subscription,
+    subscription: _Subscriber,
     message_type: str,
     message_id: str | None,
     exc: Exception,

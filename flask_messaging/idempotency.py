@@ -46,10 +46,11 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 import sqlalchemy as sa
-from rq.job import get_current_job
 
+from ._rq.job import current_job
 from .envelope import current_envelope
 from .errors import MessagingError
+from .state import get_state
 from .subscription import handler_key
 
 __all__ = [
@@ -148,8 +149,6 @@ class RedisMarks:
     def redis(self) -> Any:
         """The client to use now."""
         if self._redis is None:
-            from .extension import get_state
-
             return get_state().redis
         if callable(self._redis):
             return self._redis()
@@ -160,7 +159,7 @@ class RedisMarks:
     ) -> R | None:
         redis = self.redis()
         key = f"{self.prefix}{handler}:{message_id}"
-        job = get_current_job()
+        job = current_job()
         # Without an RQ job (MESSAGING_ASYNC = False, TestBroker) there are no
         # retries to recognise: any token of our own will do.
         token = job.id if job is not None else uuid.uuid4().hex

@@ -42,17 +42,17 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import sqlalchemy as sa
 from redis.exceptions import RedisError
 
 from . import envelope as codec
-from .jobs import Delivery, RQJobs
+from .dispatch import Delivery, DurableJobSink
+from .message import Message
 
 if TYPE_CHECKING:
-    from .extension import MessagingState
-    from .transaction import PendingEvent
+    from .state import MessagingState
 
 __all__ = [
     "BACKLOG_LISTED_READ",
@@ -60,6 +60,7 @@ __all__ = [
     "Backlog",
     "Deferred",
     "Relay",
+    "outbox_backlog",
     "outbox_table",
 ]
 
@@ -108,7 +109,18 @@ def outbox_table(metadata: sa.MetaData, name: str) -> sa.Table:
     )
 
 
-def outbox_rows(events: Sequence[PendingEvent], delay: float) -> list[dict[str, Any]]:
+class StoredEvent(Protocol):
+    """What an outbox row is made of: a registered event and its fan-out."""
+
+    message: Message
+    message_id: str
+    #: The encoded envelope.
+    data: bytes
+    #: Its async deliveries, predicates evaluated.
+    deliveries: list[Delivery] | None
+
+
+def outbox_rows(events: Sequence[StoredEvent], delay: float) -> list[dict[str, Any]]:
     """The rows of ``events``, each with its fan-out (``event.deliveries``)."""
     now = utcnow()
     available = now + datetime.timedelta(seconds=delay) + AVAILABLE_SHIFT
@@ -139,7 +151,7 @@ def make_due(state: MessagingState, message_ids: Sequence[str]) -> None:
     table = state.outbox
     assert table is not None
     now = utcnow()
-    with state.db.engine.begin() as connection:
+    with state.engine.begin() as connection:
         for chunk in _chunks(message_ids):
             connection.execute(
                 table.update()
@@ -276,20 +288,20 @@ class Relay:
                 "The outbox is off: bind a database (messaging.init_app(app,"
                 " db=db)) and keep MESSAGING_OUTBOX = True to use the relay."
             )
-        if not isinstance(state.jobs, RQJobs):
+        if not isinstance(state.jobs, DurableJobSink):
             raise RuntimeError(
                 "MESSAGING_ASYNC is off: async subscribers run inline and nothing"
                 " is written to the outbox, so there is nothing to relay."
             )
         self.state = state
-        self.jobs = state.jobs
+        self.jobs: DurableJobSink = state.jobs
         self.table = state.outbox
         self.settings = state.settings.outbox
         check_table(self.engine, self.table)
 
     @property
     def engine(self) -> sa.Engine:
-        return self.state.db.engine  # type: ignore[no-any-return]
+        return self.state.engine
 
     def run_once(self) -> int:
         """One pass: mark, relay everything due, prune; return how many enqueued."""
@@ -617,3 +629,13 @@ def check_table(engine: sa.Engine | sa.Connection, table: sa.Table) -> None:
             f" {', '.join(missing)}, which this version of flask-messaging writes:"
             f" add them with a migration ({adds}), as docs/transactions.md shows."
         )
+
+
+def outbox_backlog(state: MessagingState) -> Backlog | None:
+    """Outbox rows not marked relayed: waiting, or already enqueued.
+
+    ``None`` without an outbox. See :meth:`Relay.backlog`.
+    """
+    if state.outbox is None:
+        return None
+    return Relay(state).backlog()

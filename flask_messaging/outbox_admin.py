@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from .outbox import AVAILABLE_SHIFT, StoredFanOut, available_at, utcnow
 
 if TYPE_CHECKING:
-    from .extension import MessagingState
+    from .state import MessagingState
 
 __all__ = ["StuckRow", "discard", "drop_subscriber", "stuck_rows"]
 
@@ -63,7 +63,7 @@ def stuck_rows(state: MessagingState, limit: int = 100) -> list[StuckRow]:
         .order_by(table.c.message_id)
         .limit(limit)
     )
-    with state.db.engine.connect() as connection:
+    with state.engine.connect() as connection:
         found = connection.execute(query).all()
     return [
         StuckRow(
@@ -93,7 +93,7 @@ def drop_subscriber(
     table = _table(state)
     now = utcnow()
     changed: list[str] = []
-    with state.db.engine.begin() as connection:
+    with state.engine.begin() as connection:
         query = sa.select(table.c.message_id, table.c.subscribers).where(
             table.c.relayed_at.is_(None),
             table.c.subscribers.contains(f'"{key}"', autoescape=True),
@@ -131,7 +131,7 @@ def discard(state: MessagingState, message_id: str, *, dry_run: bool = False) ->
     """
     table = _table(state)
     pending = sa.and_(table.c.message_id == message_id, table.c.relayed_at.is_(None))
-    with state.db.engine.begin() as connection:
+    with state.engine.begin() as connection:
         if dry_run:
             found = connection.execute(
                 sa.select(sa.func.count()).select_from(table).where(pending)

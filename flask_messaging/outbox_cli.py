@@ -6,10 +6,10 @@ See :mod:`flask_messaging.outbox_admin` for what each command changes.
 from __future__ import annotations
 
 import click
-from flask.cli import with_appcontext
+from flask.cli import AppGroup
 
 from . import outbox_admin
-from .extension import MessagingState, get_state
+from .state import MessagingState, get_state
 
 __all__ = ["outbox_cli"]
 
@@ -24,14 +24,13 @@ def _state() -> MessagingState:
     return state
 
 
-@click.group("outbox")
+@click.group("outbox", cls=AppGroup)
 def outbox_cli() -> None:
     """Outbox rows that failed to relay: list, drop a subscriber, discard."""
 
 
 @outbox_cli.command("list")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
-@with_appcontext
 def list_command(limit: int) -> None:
     """List pending rows that failed to relay, with what they wait for."""
     rows = outbox_admin.stuck_rows(_state(), limit)
@@ -51,7 +50,6 @@ def list_command(limit: int) -> None:
 @outbox_cli.command("drop-subscriber")
 @click.argument("key")
 @click.option("--dry-run", is_flag=True, help="Say which rows, change nothing.")
-@with_appcontext
 def drop_subscriber_command(key: str, dry_run: bool) -> None:
     """Stop waiting for subscriber KEY (removed from the code) in every row.
 
@@ -68,7 +66,6 @@ def drop_subscriber_command(key: str, dry_run: bool) -> None:
 @outbox_cli.command("discard")
 @click.argument("message_id")
 @click.option("--dry-run", is_flag=True, help="Say whether it exists, change nothing.")
-@with_appcontext
 def discard_command(message_id: str, dry_run: bool) -> None:
     """Mark the pending row MESSAGE_ID relayed, delivering nothing more."""
     found = outbox_admin.discard(_state(), message_id, dry_run=dry_run)

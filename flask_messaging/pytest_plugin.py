@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from flask import Flask, current_app, has_app_context
 
-from .broker import NullBroker, TestBroker, override_message_broker
-from .extension import get_state
+from .state import get_state, override_message_broker
+from .testing import NullBroker, TestBroker
 from .testing import capture_events as _capture_events
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "MASK",
     "RedactingFilter",
     "is_secret_name",
+    "one_line",
     "redact",
     "redact_data",
     "redact_logs",
@@ -232,3 +233,15 @@ def redact_logs() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactingFilter) for f in logger.filters):
             logger.addFilter(RedactingFilter())
+
+
+def one_line(text: str | None, *, last: bool = False, limit: int = 300) -> str:
+    """One line of ``text``, redacted and cut to ``limit`` characters.
+
+    The first line, or with ``last`` the last (a traceback's exception and its
+    message); "" for no text.
+    """
+    lines = (text or "").strip().splitlines()
+    if not lines:
+        return ""
+    return redact(lines[-1 if last else 0])[:limit]

@@ -14,7 +14,14 @@ from rq import Retry
 
 from .message import NAME_PATTERN, Message, validate_message_class
 
-__all__ = ["Handler", "Predicate", "Route", "Subscription", "SubscriptionRegistry"]
+__all__ = [
+    "Handler",
+    "Predicate",
+    "Route",
+    "Subscription",
+    "SubscriptionRegistry",
+    "describe_subscription",
+]
 
 Handler = Callable[[Any], object]
 Predicate = Callable[[Any], object]
@@ -264,3 +271,22 @@ def infer_message_type(handler: Handler) -> type[Message]:
             " UserRegistered)) or pass the type: subscribe(UserRegistered)."
         )
     return annotation
+
+
+def describe_subscription(subscription: Subscription) -> dict[str, object]:
+    """A subscription as ``flask messaging subscribers --json`` and the
+    dashboard show it: message type, handler key, mode, queue, predicate."""
+    predicate = subscription.predicate
+    return {
+        "message_type": subscription.message_type.__message_name__,
+        "handler": subscription.key,
+        "mode": "async" if subscription.is_async else "sync",
+        "queue": subscription.queue_name,
+        "predicate": _callable_name(predicate) if predicate is not None else None,
+    }
+
+
+def _callable_name(function: object) -> str:
+    module = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", None) or repr(function)
+    return f"{module}:{qualname}" if module else qualname

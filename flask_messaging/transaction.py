@@ -9,32 +9,35 @@ rollback discards it; so does rolling back the savepoint it was registered in.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, SessionTransaction, SessionTransactionOrigin
 
 from . import commit_order
 from . import envelope as codec
-from .broker import MessageBroker, active_override
+from .dispatch import Delivery, DurableJobSink
 from .errors import DeliveryError, raise_failures
-from .extension import get_state
-from .jobs import InlineJobs
 from .message import Message
+from .message_broker import MessageBroker
 from .outbox import RELAYED_KEY, check_table, make_due, outbox_rows
-from .testing import captured_registration
+from .state import (
+    FlaskSQLAlchemy,
+    MessagingState,
+    active_override,
+    current_message_limit,
+    get_state,
+)
 
-if TYPE_CHECKING:
-    from .extension import MessagingState
-    from .jobs import Delivery
-
-__all__ = ["register_event", "transactional"]
+__all__ = ["capturing_registrations", "register_event", "transactional"]
 
 logger = logging.getLogger("flask_messaging")
 
@@ -79,6 +82,35 @@ class _SessionEvents:
     errors: list[Exception] | None = None
 
 
+_capturing: contextvars.ContextVar[list[Message] | None] = contextvars.ContextVar(
+    "flask_messaging_capture", default=None
+)
+
+
+@contextmanager
+def capturing_registrations(into: list[Message]) -> Iterator[None]:
+    """Inside the block, :func:`register_event` appends to ``into`` instead.
+
+    What :func:`~flask_messaging.testing.capture_events` is built on.
+    """
+    token = _capturing.set(into)
+    try:
+        yield
+    finally:
+        _capturing.reset(token)
+
+
+def _captured(message: Message) -> bool:
+    """Record ``message`` if a :func:`capturing_registrations` block is active."""
+    captured = _capturing.get()
+    if captured is None:
+        return False
+    # A bad or too large message fails here as it would for real.
+    codec.encode(message, max_bytes=current_message_limit())
+    captured.append(message)
+    return True
+
+
 def register_event(message: Message) -> None:
     """Deliver ``message`` if, and once, the current transaction commits.
 
@@ -90,7 +122,7 @@ def register_event(message: Message) -> None:
     :raises TypeError: the message's class cannot be sent.
     :raises MessageEncodeError: the message's values cannot be sent.
     """
-    if captured_registration(message):
+    if _captured(message):
         return
     state = get_state(caller="register_event()")
     session = _session(state)
@@ -193,7 +225,7 @@ _sessions: weakref.WeakKeyDictionary[sa.Connection, Session] = (
 )
 
 
-def bind(db: Any) -> None:
+def bind(db: FlaskSQLAlchemy) -> None:
     """Follow the transactions of ``db.session`` (a Flask-SQLAlchemy object)."""
     target = db.session
     if target in _bound:
@@ -394,7 +426,7 @@ def _deliver(
             )
         messages.append((event.message_id, deliveries))
     jobs = state.jobs
-    if isinstance(jobs, InlineJobs):
+    if not isinstance(jobs, DurableJobSink):  # runs handlers at once
         try:
             jobs.enqueue([d for _, deliveries in messages for d in deliveries])
         except DeliveryError as group:

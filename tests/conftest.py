@@ -199,10 +199,7 @@ def make_app(redis_url: str) -> Iterator[Callable[..., Flask]]:
     yield make
     for app in apps:
         state = app.extensions["messaging"]
-        if state.embedded_worker is not None:
-            state.embedded_worker.stop()
-        if "redis" in state.__dict__:
-            state.redis.close()
+        state.close()
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from flask import Flask
 
 from flask_messaging import Message
-from flask_messaging.extension import get_state
 from flask_messaging.queue_names import LOW_PRIORITY
+from flask_messaging.state import get_state
 
 from . import worker_app
 

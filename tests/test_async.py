@@ -14,19 +14,15 @@ from redis.connection import Connection
 from rq import Queue, Retry
 from rq.registry import FailedJobRegistry
 
-from flask_messaging import (
-    DeliveryError,
-    MessageEncodeError,
-    get_message_broker,
-)
-from flask_messaging.dequeue import MessagingQueue
-from flask_messaging.dispatch import MessagingJob
+from flask_messaging import DeliveryError, MessageEncodeError, get_message_broker
+from flask_messaging._rq.dequeue import MessagingQueue
+from flask_messaging._rq.job import MessagingJob
+from flask_messaging._rq.serializer import JSONSerializer
+from flask_messaging.dispatch import DISPATCH_FUNCTION
 from flask_messaging.envelope import encode as codec_encode
-from flask_messaging.extension import get_state
-from flask_messaging.jobs import DISPATCH_FUNCTION
 from flask_messaging.queue_names import DEFAULT_PRIORITY, HIGH_PRIORITY, LOW_PRIORITY
-from flask_messaging.serializer import JSONSerializer
 from flask_messaging.signing import JobBinding
+from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker
 
 from . import worker_app
@@ -108,9 +104,7 @@ def test_all_jobs_of_one_publish_go_in_one_round_trip(
 ) -> None:
     app = make_app()
     state = get_state(app)
-    state.__dict__["redis"] = Redis.from_url(
-        real_redis_url, connection_class=CountingConnection
-    )
+    state.use_redis(Redis.from_url(real_redis_url, connection_class=CountingConnection))
     state.redis.ping()
     broker = state.broker
     broker.subscribe_async(Ping, handle_a, queue_name=HIGH_PRIORITY)
@@ -254,7 +248,8 @@ def test_jobs_are_written_exactly_as_rq_writes_them(
 ) -> None:
     from rq import Retry as RQRetry
 
-    from flask_messaging.jobs import MARKER_PREFIX, Delivery, job_description
+    from flask_messaging._rq.enqueue import MARKER_PREFIX, job_description
+    from flask_messaging.dispatch import Delivery
 
     app = make_app(MESSAGING_RETRY=2, MESSAGING_JOB_TTL=600)
     state = get_state(app)

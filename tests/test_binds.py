@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session
 
 from flask_messaging import Message
 from flask_messaging.commit_order import commit_others_first
-from flask_messaging.extension import get_state
 from flask_messaging.outbox import Relay
 from flask_messaging.queue_names import LOW_PRIORITY
+from flask_messaging.state import get_state
 from flask_messaging.transaction import register_event
 
 from .binds_app import Account, AccountNote, Child, Parent, create_app, db, messaging

@@ -22,8 +22,8 @@ from urllib.parse import quote
 import pytest
 from flask import Flask
 
-from flask_messaging.extension import get_state
 from flask_messaging.queue_names import HIGH_PRIORITY
+from flask_messaging.state import get_state
 
 from .conftest import ROOT, free_port
 from .test_dashboard import publish_notes

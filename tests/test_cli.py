@@ -15,7 +15,7 @@ from flask import Flask
 from redis import Redis
 
 from flask_messaging import get_message_broker
-from flask_messaging.extension import get_state
+from flask_messaging.state import get_state
 
 from . import worker_app
 from .conftest import flask_messaging_command

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.orm import Session
 
-from flask_messaging.extension import get_state
+from flask_messaging.state import get_state
 from flask_messaging.transaction import register_event, transactional
 
 from .tx_app import AuditEntry, User, UserRegistered, create_app, db, received

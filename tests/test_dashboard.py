@@ -26,9 +26,9 @@ from rq.registry import FailedJobRegistry
 from rq_dashboard import web
 
 from flask_messaging import Message, Messaging, get_message_broker
-from flask_messaging.extension import get_state
+from flask_messaging._rq.status import UnreadableJob
 from flask_messaging.queue_names import DEFAULT_PRIORITY, HIGH_PRIORITY, LOW_PRIORITY
-from flask_messaging.status import UnreadableJob
+from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker
 
 AUTH = ("admin", "correct horse")
@@ -613,7 +613,7 @@ def test_every_dashboard_answer_forbids_inline_script(app: Flask) -> None:
 def test_no_rq_dashboard_template_is_rendered_and_every_view_is_reviewed(
     app: Flask,
 ) -> None:
-    from flask_messaging.dashboard.rq_views import RQ_KEPT
+    from flask_messaging._rq.dashboard.views import RQ_KEPT
 
     jobs = publish_notes(app, "note")
     client = app.test_client()

@@ -10,10 +10,10 @@ from redis import Redis
 from rq import Queue
 from rq.exceptions import DequeueTimeout
 
-from flask_messaging.dequeue import MessagingQueue, wake_key
-from flask_messaging.extension import get_state
+from flask_messaging._rq.dequeue import MessagingQueue, wake_key
+from flask_messaging._rq.serializer import JSONSerializer
 from flask_messaging.queue_names import DEFAULT_PRIORITY, HIGH_PRIORITY, LOW_PRIORITY
-from flask_messaging.serializer import JSONSerializer
+from flask_messaging.state import get_state
 
 PRIORITIES = (HIGH_PRIORITY, DEFAULT_PRIORITY, LOW_PRIORITY)
 

@@ -11,9 +11,9 @@ from flask import Flask
 from rq.registry import FailedJobRegistry
 
 from flask_messaging import get_message_broker
-from flask_messaging.extension import get_state
+from flask_messaging._rq.serializer import JSONSerializer
 from flask_messaging.queue_names import HIGH_PRIORITY
-from flask_messaging.serializer import JSONSerializer
+from flask_messaging.state import get_state
 
 from . import worker_app
 from .worker_app import ATTEMPTS, Boom, Ping, handled

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from example_app import DEVELOPMENT_KEY, create_app
 from example_app.extensions import db
-from flask_messaging.extension import get_state
+from flask_messaging.state import get_state
 
 from .conftest import ROOT, flask_messaging_command, free_port
 

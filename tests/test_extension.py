@@ -7,8 +7,8 @@ import pytest
 from flask import Flask
 
 from flask_messaging import Message, Messaging, NullBroker, get_message_broker
-from flask_messaging.extension import get_state
 from flask_messaging.queue_names import DEFAULT_PRIORITY, LOW_PRIORITY
+from flask_messaging.state import get_state
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 
 from flask_messaging import Message, MessageEncodeError, Messaging
 from flask_messaging.broker import NullBroker, TestBroker
-from flask_messaging.extension import get_state
 from flask_messaging.payload import MAX_DEPTH
+from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker
 
 messaging = Messaging()

@@ -13,11 +13,10 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_messaging.extension import get_state
-from flask_messaging.forking import after_fork
+from flask_messaging.state import get_state
 
 
-def test_after_fork_gives_every_bind_and_redis_a_new_pool_and_closes_nothing(
+def test_reset_after_fork_gives_every_bind_and_redis_a_new_pool_and_closes_nothing(
     make_app: Callable[..., Flask], tmp_path: Path, real_redis_url: str
 ) -> None:
     db = SQLAlchemy()
@@ -36,7 +35,7 @@ def test_after_fork_gives_every_bind_and_redis_a_new_pool_and_closes_nothing(
     redis.ping()
     redis_connection = redis.connection_pool.get_connection()
 
-    after_fork(app)
+    get_state(app).reset_after_fork()
 
     for key, engine in engines.items():
         assert engine.pool is not pools[key]  # new connections from here on

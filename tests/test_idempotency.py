@@ -18,15 +18,12 @@ from rq.registry import FailedJobRegistry
 from sqlalchemy.orm import Mapped, mapped_column
 
 from flask_messaging import DeliveryError, Message, Messaging, get_message_broker
-from flask_messaging.dispatch import MessagingJob, run_delivery
+from flask_messaging._rq.job import MessagingJob
+from flask_messaging._rq.serializer import JSONSerializer
+from flask_messaging.dispatch import run_delivery
 from flask_messaging.envelope import decode, decode_envelope, encode, handling
-from flask_messaging.extension import get_state
-from flask_messaging.idempotency import (
-    DatabaseMarks,
-    RedisMarks,
-    idempotent,
-)
-from flask_messaging.serializer import JSONSerializer
+from flask_messaging.idempotency import DatabaseMarks, RedisMarks, idempotent
+from flask_messaging.state import get_state
 from flask_messaging.subscription import handler_key
 from flask_messaging.transaction import register_event
 from flask_messaging.worker import make_worker

@@ -20,8 +20,8 @@ from redis import Redis
 from rq import Worker
 
 from flask_messaging import DeliveryError, EnqueueError, Message, get_message_broker
-from flask_messaging.extension import get_state
-from flask_messaging.serializer import ReadOnlySerializer
+from flask_messaging._rq.serializer import ReadOnlySerializer
+from flask_messaging.state import get_state
 from flask_messaging.transaction import register_event, transactional
 from flask_messaging.worker import make_worker
 
@@ -166,7 +166,7 @@ def test_a_job_of_another_app_on_the_same_redis_says_so(
         get_message_broker().publish(Ping(1))
     drain(this_app)
     with this_app.app_context():
-        from flask_messaging.status import recent_failures
+        from flask_messaging._rq.status import recent_failures
 
         (failure,) = recent_failures(get_state())
     assert failure.error == (

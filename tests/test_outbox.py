@@ -15,9 +15,9 @@ from flask import Flask
 from redis import Redis
 from rq import Queue
 
-from flask_messaging.extension import get_state
 from flask_messaging.outbox import RELAYED_KEY, Relay
 from flask_messaging.queue_names import LOW_PRIORITY
+from flask_messaging.state import get_state
 from flask_messaging.transaction import register_event
 
 from .conftest import ROOT, RedisServer, flask_messaging_command
@@ -54,8 +54,7 @@ def cleanup() -> Iterator[None]:
             db.drop_all()
             db.engine.dispose()
         state = get_state(app)
-        if "redis" in state.__dict__:
-            state.redis.close()
+        state.close()
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from flask import Flask
 from redis import Redis
 
 from flask_messaging.cli import _describe_backlog
-from flask_messaging.extension import get_state
 from flask_messaging.outbox import BACKLOG_LISTED_READ, RELAYED_KEY, Relay, utcnow
+from flask_messaging.state import get_state
 
 from .conftest import ROOT, RedisServer, flask_messaging_command
 from .test_outbox import (

@@ -20,9 +20,9 @@ import sqlalchemy as sa
 from flask import Flask
 from redis import Redis
 
-from flask_messaging.extension import get_state
 from flask_messaging.outbox import RELAYED_KEY, Relay, available_at
 from flask_messaging.queue_names import LOW_PRIORITY
+from flask_messaging.state import get_state
 
 from .conftest import ROOT, RedisServer, flask_messaging_command
 from .skew_app import ARCHIVE_KEY

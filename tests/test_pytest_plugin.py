@@ -14,10 +14,14 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_messaging import (
-    Message, MessageEncodeError, Messaging, NullBroker, TestBroker,
+    Message,
+    MessageEncodeError,
+    Messaging,
+    NullBroker,
+    TestBroker,
     get_message_broker,
 )
-from flask_messaging.broker import active_override
+from flask_messaging.state import active_override
 from flask_messaging.transaction import register_event, transactional
 
 db = SQLAlchemy()

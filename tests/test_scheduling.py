@@ -13,7 +13,7 @@ import pytest
 from redis import Redis
 from rq.scheduler import RQScheduler
 
-from flask_messaging.scheduling import (
+from flask_messaging._rq.scheduling import (
     STALE_AFTER,
     keep_scheduling,
     release_stale_locks,

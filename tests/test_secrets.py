@@ -14,9 +14,9 @@ from rq.registry import FailedJobRegistry
 from rq.results import Result
 
 from flask_messaging import Messaging, get_message_broker
+from flask_messaging._rq.job import MessagingJob
+from flask_messaging._rq.serializer import JSONSerializer
 from flask_messaging.connection import connect
-from flask_messaging.dispatch import MessagingJob
-from flask_messaging.extension import get_state
 from flask_messaging.queue_names import HIGH_PRIORITY
 from flask_messaging.redaction import (
     LOGGERS,
@@ -25,7 +25,7 @@ from flask_messaging.redaction import (
     redact_data,
     redact_url,
 )
-from flask_messaging.serializer import JSONSerializer
+from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker
 
 from . import worker_app

@@ -25,8 +25,8 @@ from flask_messaging.broker import (
     override_message_broker,
 )
 from flask_messaging.envelope import round_trip
-from flask_messaging.extension import get_state
 from flask_messaging.queue_names import LOW_PRIORITY
+from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker
 
 # -- Messages ---------------------------------------------------------------

@@ -23,7 +23,7 @@ from flask_messaging import (
     get_message_broker,
     override_message_broker,
 )
-from flask_messaging.extension import get_state
+from flask_messaging.state import get_state
 from flask_messaging.transaction import register_event, transactional
 
 from .tx_app import AuditEntry, Noted, User, UserRegistered, create_app, db, received

@@ -19,8 +19,8 @@ from redis import Redis
 from rq import Worker
 
 from flask_messaging import get_message_broker
-from flask_messaging.extension import get_state
-from flask_messaging.serializer import ReadOnlySerializer
+from flask_messaging._rq.serializer import ReadOnlySerializer
+from flask_messaging.state import get_state
 
 from . import exit_app, worker_app
 from .conftest import flask_messaging_command

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from flask import Flask, current_app
 
 from flask_messaging import Message, Messaging, current_envelope
-from flask_messaging.extension import get_state
 from flask_messaging.queue_names import HIGH_PRIORITY, LOW_PRIORITY
 
 messaging = Messaging()
@@ -46,7 +45,13 @@ def record(handler: str, **extra: object) -> None:
         "message_id": envelope.id if envelope else None,
         **extra,
     }
-    get_state().redis.rpush(HANDLED, json.dumps(entry))
+    _redis().rpush(HANDLED, json.dumps(entry))
+
+
+def _redis():  # type: ignore[no-untyped-def]
+    # Through the extension's key, not an import: this app also runs on the
+    # package of earlier versions (the deploy skew tests).
+    return current_app.extensions["messaging"].redis
 
 
 def handled(redis) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -60,7 +65,7 @@ def on_ping(event: Ping) -> None:
 
 @messaging.subscribe_async(queue_name=HIGH_PRIORITY, retry=1)
 def on_boom(event: Boom) -> None:
-    get_state().redis.incr(ATTEMPTS)
+    _redis().incr(ATTEMPTS)
     raise RuntimeError(f"boom: {event.reason}")
 
 

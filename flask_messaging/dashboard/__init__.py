@@ -21,7 +21,7 @@ pages as raw HTML. Nothing global is changed here; on each app:
 - its views are replaced (in ``app.view_functions``): its pages by
   :mod:`.rq_pages` (our templates and one static script; none of its
   templates, which write URL and Redis values into scripts unescaped, is
-  rendered), its JSON views and actions by :mod:`.rq_views` (read with JSON,
+  rendered), its JSON views and actions by :mod:`.views` (read with JSON,
   never pickle, never job arguments, credentials redacted);
 - every response carries a Content-Security-Policy without inline script:
   pages allow only the script loaded with their nonce, the rest no script.
@@ -31,28 +31,13 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
-from rq_dashboard import web
 
-from ..redaction import redact_url
+from .._rq.dashboard import RQ_BLUEPRINT, missing, mount_rq_dashboard, text
+from ..state import MessagingState
 from .page import PAGE_BLUEPRINT, page
-from .routes import add_slash_rules
-from .rq_pages import RQ_PAGES, missing
-from .rq_views import (
-    RQ_BLUEPRINT,
-    RQ_KEPT,
-    RQ_VIEWS,
-    rq_endpoints,
-    text,
-    unreviewed,
-    use_app_redis,
-)
-
-if TYPE_CHECKING:
-    from ..extension import MessagingState
 
 __all__ = ["init_dashboard"]
 
@@ -86,19 +71,8 @@ def init_dashboard(app: Flask, state: MessagingState) -> None:
             " registration, or set MESSAGING_DASHBOARD_URL_PREFIX = None."
         )
     prefix = prefix.rstrip("/")
-    app.register_blueprint(web.blueprint, url_prefix=prefix)
+    mount_rq_dashboard(app, prefix, state)
     app.register_blueprint(page, url_prefix=f"{prefix}/messaging")
-    add_slash_rules(app, RQ_BLUEPRINT)
-
-    hooks = app.before_request_funcs.setdefault(RQ_BLUEPRINT, [])
-    hooks[:] = [use_app_redis, *(f for f in hooks if f is not web.push_rq_connection)]
-    # Only shown, in its navigation bar: no connection is made from it.
-    app.config["RQ_DASHBOARD_REDIS_URL"] = (redact_url(state.settings.redis_url),)
-    replaced: dict[str, Callable[..., Any]] = {**RQ_VIEWS, **RQ_PAGES}
-    for name in rq_endpoints(app) - RQ_KEPT:
-        # Views of a newer rq-dashboard are refused until reviewed here.
-        view = replaced.get(name, unreviewed)
-        app.view_functions[f"{RQ_BLUEPRINT}.{name}"] = view
 
     actions = frozenset(
         rule.endpoint

@@ -16,18 +16,18 @@ from flask import (
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response as BaseResponse
 
-from ..cli import _describe
-from ..extension import get_state
-from ..redaction import redact
-from ..status import (
+from .._rq.dashboard import text
+from .._rq.status import (
     Failure,
     QueueStatus,
-    outbox_backlog,
     queue_status,
     recent_failures,
     requeue_failed_job,
 )
-from .rq_views import text
+from ..outbox import outbox_backlog
+from ..redaction import one_line
+from ..state import get_state
+from ..subscription import describe_subscription
 
 __all__ = ["PAGE_BLUEPRINT", "page"]
 
@@ -61,14 +61,15 @@ def index() -> Response:
         queues = queue_status(state)
         failures = recent_failures(state, FAILURES_SHOWN)
     except RedisError as exc:
-        redis_error = _first_line(str(exc))
+        redis_error = one_line(str(exc))
     try:
         backlog = outbox_backlog(state)
     except Exception as exc:
         logger.warning("The dashboard could not count the outbox.", exc_info=True)
-        backlog, outbox_error = None, _first_line(str(exc))
+        backlog, outbox_error = None, one_line(str(exc))
     rows = sorted(
-        (_describe(s) for s in state.registry), key=lambda r: str(r["message_type"])
+        (describe_subscription(s) for s in state.registry),
+        key=lambda r: str(r["message_type"]),
     )
     response = make_response(
         render_template(
@@ -101,7 +102,3 @@ def requeue() -> BaseResponse:
     if not job_id or not requeue_failed_job(state, queue_name, job_id):
         return text(404, "There is no failed job with that id in that queue.")
     return redirect(url_for(".index"), 303)
-
-
-def _first_line(text: str) -> str:
-    return redact(text.strip().partition("\n")[0])[:300]

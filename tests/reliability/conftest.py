@@ -17,7 +17,7 @@ import pytest
 from flask import Flask
 from redis import Redis
 
-from flask_messaging.extension import get_state
+from flask_messaging.state import get_state
 
 from ..conftest import RedisServer, missing_server
 from .app import create_app, db
@@ -92,8 +92,7 @@ def make_rel_app(
             db.drop_all()
             db.engine.dispose()
         state = get_state(app)
-        if "redis" in state.__dict__:
-            state.redis.close()
+        state.close()
 
 
 @pytest.fixture

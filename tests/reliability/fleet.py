@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 
-from flask_messaging.extension import get_state
+from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker
 
 from .app import QUEUE, Effect, Published, db

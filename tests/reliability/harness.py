@@ -16,8 +16,8 @@ from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.utils import parse_composite_key
 from rq.worker import BaseWorker
 
-from flask_messaging.dispatch import MessagingJob
-from flask_messaging.serializer import JSONSerializer
+from flask_messaging._rq.job import MessagingJob
+from flask_messaging._rq.serializer import JSONSerializer
 
 from ..conftest import flask_messaging_command
 

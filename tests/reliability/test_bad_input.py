@@ -17,7 +17,7 @@ from flask import Flask
 from redis import Redis
 
 from flask_messaging import Message, MessageEncodeError
-from flask_messaging.extension import get_state
+from flask_messaging.state import get_state
 from flask_messaging.transaction import register_event
 
 from .app import Published, create_app, db

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import pytest
 from flask import Flask
 
-from flask_messaging.extension import get_state
+from flask_messaging.state import get_state
 
 from .app import Query, commit
 from .harness import Processes, settled, wait_until

@@ -23,12 +23,12 @@ from redis import Redis
 from rq.registry import FailedJobRegistry
 
 from flask_messaging import get_message_broker
-from flask_messaging.extension import get_state
-from flask_messaging.job_hash import field_limit
-from flask_messaging.jobs import DISPATCH_FUNCTION
+from flask_messaging._rq.job_hash import field_limit
+from flask_messaging._rq.serializer import JSONSerializer
+from flask_messaging._rq.status import TooLargeJob, latest_result
+from flask_messaging.dispatch import DISPATCH_FUNCTION
 from flask_messaging.queue_names import LOW_PRIORITY
-from flask_messaging.serializer import JSONSerializer
-from flask_messaging.status import TooLargeJob, latest_result
+from flask_messaging.state import get_state
 
 from .. import worker_app
 from ..conftest import ROOT, flask_messaging_command

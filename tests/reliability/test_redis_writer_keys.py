@@ -22,10 +22,10 @@ from redis import Redis
 from rq import Worker
 
 from flask_messaging import get_message_broker
-from flask_messaging.extension import get_state
+from flask_messaging._rq.status import latest_result, requeue_failed
+from flask_messaging._rq.stored_ids import PURGE_CHUNK, purge_ids
 from flask_messaging.queue_names import HIGH_PRIORITY, LOW_PRIORITY
-from flask_messaging.status import latest_result, requeue_failed
-from flask_messaging.stored_ids import PURGE_CHUNK, purge_ids
+from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker
 
 from .. import exit_app, worker_app

@@ -20,9 +20,9 @@ from redis import Redis
 from rq import Worker
 from rq.registry import ScheduledJobRegistry
 
-from flask_messaging.extension import get_state
-from flask_messaging.scheduling import STALE_AFTER
-from flask_messaging.serializer import ReadOnlySerializer
+from flask_messaging._rq.scheduling import STALE_AFTER
+from flask_messaging._rq.serializer import ReadOnlySerializer
+from flask_messaging.state import get_state
 
 from .app import QUEUE, Flaky, commit
 from .harness import Processes, wait_until

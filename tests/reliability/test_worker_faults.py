@@ -17,10 +17,10 @@ from flask import Flask
 from redis import Redis
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from flask_messaging.dispatch import MessagingJob
-from flask_messaging.extension import get_state
+from flask_messaging._rq.job import MessagingJob
+from flask_messaging._rq.serializer import JSONSerializer
 from flask_messaging.outbox import Relay
-from flask_messaging.serializer import JSONSerializer
+from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker
 
 from ..conftest import RedisServer

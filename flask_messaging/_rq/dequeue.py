@@ -28,8 +28,8 @@ from rq.exceptions import DequeueTimeout
 from rq.job import Job
 from rq.utils import as_text
 
-from .errors import InvalidJobError, JobTooLargeError
-from .lua import LuaScript
+from ..errors import InvalidJobError, JobTooLargeError
+from ..lua import LuaScript
 from .redis_entries import decoded
 from .stored_ids import log_wrong_type
 

@@ -1,4 +1,4 @@
-"""What an operator wants to know: queues, workers, failures, the outbox."""
+"""What an operator wants to know of RQ: queues, workers, failures; requeueing."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ from rq.results import Result
 from rq.utils import as_text
 from rq.worker import BaseWorker
 
-from .dispatch import MessagingJob, job_class_for
-from .errors import JobTooLargeError
+from ..errors import JobTooLargeError
+from ..redaction import one_line, redact
+from .job import MessagingJob, job_class_for
 from .job_faults import describe
 from .job_hash import inflate
-from .redaction import redact
 from .redis_entries import decoded, is_wrong_type, members, page_of_members, shown
 from .serializer import JSONSerializer, ReadOnlySerializer
 from .stored_ids import purge_ids
@@ -35,8 +35,7 @@ from .stored_ids import purge_ids
 if TYPE_CHECKING:
     from redis import Redis
 
-    from .extension import MessagingState
-    from .outbox import Backlog
+    from ..state import MessagingState
 
 __all__ = [
     "Failure",
@@ -49,7 +48,6 @@ __all__ = [
     "failed_job_ids",
     "fetch_jobs",
     "latest_result",
-    "outbox_backlog",
     "queue_names_in_redis",
     "queue_status",
     "read_workers",
@@ -382,7 +380,7 @@ def recent_failures(
                     job_id=job.id,
                     queue=name,
                     description=job.description or "",
-                    error=_last_line(result.text if result else None),
+                    error=one_line(result.text if result else None, last=True),
                     failed_at=job.ended_at or (result.created_at if result else None),
                 )
             )
@@ -450,20 +448,3 @@ def _requeue(registry: FailedJobRegistry, job_id: str) -> bool:
         )
         return False
     return True
-
-
-def outbox_backlog(state: MessagingState) -> Backlog | None:
-    """Outbox rows not marked relayed: waiting, or already enqueued.
-
-    ``None`` without an outbox. See :meth:`~flask_messaging.outbox.Relay.backlog`.
-    """
-    if state.outbox is None:
-        return None
-    from .outbox import Relay
-
-    return Relay(state).backlog()
-
-
-def _last_line(text: str | None) -> str:
-    lines = (text or "").strip().splitlines()
-    return redact(lines[-1])[:300] if lines else ""

@@ -19,8 +19,8 @@ from typing import Any
 import msgspec
 from rq.job import JobStatus
 
-from .errors import InvalidJobError, JobTooLargeError
-from .jobs import DISPATCH_FUNCTION
+from ..dispatch import DISPATCH_FUNCTION
+from ..errors import InvalidJobError, JobTooLargeError
 
 __all__ = [
     "ALLOWED_FIELDS",

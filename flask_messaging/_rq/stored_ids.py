@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .lua import LuaScript
+from ..lua import LuaScript
 from .redis_entries import decoded
 
 if TYPE_CHECKING:

@@ -42,9 +42,9 @@ from rq.results import Result
 from rq.worker import BaseWorker
 from rq_dashboard import web
 
-from ..dispatch import MessagingJob, job_class_for
-from ..extension import get_state
-from ..redaction import redact, redact_data
+from ...redaction import redact, redact_data
+from ...state import get_state
+from ..job import MessagingJob, job_class_for
 from ..redis_entries import (
     decoded,
     is_wrong_type,

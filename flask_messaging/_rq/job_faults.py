@@ -29,9 +29,9 @@ from rq.scheduler import RQScheduler
 from rq.utils import as_text, current_timestamp, now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
+from ..errors import LOST_REDIS
+from ..parent_death import stop_with_parent
 from .dequeue import MessagingQueue
-from .errors import LOST_REDIS
-from .parent_death import stop_with_parent
 from .queue_cleanup import clean_queue
 from .redis_entries import is_wrong_type, key_type
 from .serializer import JSONSerializer

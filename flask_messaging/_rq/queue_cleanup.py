@@ -21,7 +21,7 @@ from rq import registry as rq_registry
 from rq import worker_registration
 from rq.exceptions import StopRequested
 
-from .errors import LOST_REDIS
+from ..errors import LOST_REDIS
 from .stored_ids import purge_ids
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Turning async deliveries into RQ jobs, or running them inline."""
+"""Turning async deliveries into RQ jobs, many per Redis round trip."""
 
 from __future__ import annotations
 
@@ -14,58 +14,29 @@ from rq import Queue, Retry
 from rq.utils import now as utcnow
 from rq.utils import utcformat
 
+from ..config import JobOptions
+from ..dispatch import DISPATCH_FUNCTION, Delivery
+from ..lua import LuaScript
+from ..signing import JobBinding, Signer
+from ..subscription import Subscription
 from .dequeue import MessagingQueue
-from .lua import LuaScript
 from .serializer import JSONSerializer
-from .signing import JobBinding, Signer
 
 if TYPE_CHECKING:
     from redis import Redis
 
-    from .subscription import Subscription
-
-__all__ = ["DISPATCH_FUNCTION", "Delivery", "InlineJobs", "JobOptions", "RQJobs"]
-
-#: The only function our jobs ever name; workers refuse any other.
-DISPATCH_FUNCTION = "flask_messaging.dispatch.dispatch"
+__all__ = ["MARKER_PREFIX", "RQJobs", "job_description", "retry_for"]
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One message for one async subscriber: one job."""
-
-    subscription: Subscription
-    #: The stable name of the message's class.
-    message_type: str
-    message_id: str
-    #: The encoded envelope.
-    envelope: bytes
-
-    @property
-    def job_id(self) -> str:
-        """Stable per (message, subscriber): the same delivery is the same job."""
-        return f"msg-{self.message_id}-{self.subscription.key_digest}"
-
-
-@dataclass(frozen=True, slots=True)
-class JobOptions:
-    """The app's defaults for async jobs (``MESSAGING_RETRY`` and friends)."""
-
-    retry: int = 3
-    retry_intervals: tuple[int, ...] = (10, 60, 300)
-    timeout: int = 180
-    result_ttl: int = 500
-    failure_ttl: int = 60 * 60 * 24 * 365
-    ttl: int | None = None
-
-    def retry_for(self, subscription: Subscription) -> Retry | None:
-        retry = subscription.retry
-        if isinstance(retry, Retry):
-            return retry
-        count = self.retry if retry is None else retry
-        if count == 0:
-            return None
-        return Retry(max=count, interval=list(self.retry_intervals) or 0)
+def retry_for(options: JobOptions, subscription: Subscription) -> Retry | None:
+    """RQ's ``Retry`` for a subscription's jobs: its own, or the app's default."""
+    retry = subscription.retry
+    if isinstance(retry, Retry):
+        return retry
+    count = options.retry if retry is None else retry
+    if count == 0:
+        return None
+    return Retry(max=count, interval=list(options.retry_intervals) or 0)
 
 
 def job_description(delivery: Delivery) -> str:
@@ -199,7 +170,7 @@ class RQJobs:
                     ttl=options.ttl,
                     description=_PROTOTYPE_DESCRIPTION,
                     job_id=_PROTOTYPE_ID,
-                    retry=options.retry_for(subscription),
+                    retry=retry_for(options, subscription),
                 )
             ],
             pipeline=recorder,
@@ -375,30 +346,3 @@ def _enqueue_script(templates: tuple[_JobTemplate, ...]) -> LuaScript:
     """The enqueue script with these templates compiled in."""
     source = "\n".join(template.lua for template in templates)
     return LuaScript(_ENQUEUE % {"templates": source})
-
-
-class InlineJobs:
-    """Runs async subscribers at once, in the publishing thread.
-
-    For ``MESSAGING_ASYNC = False``: each delivery still goes through a full
-    encode and decode, as it would through a worker.
-    """
-
-    def enqueue(self, deliveries: Sequence[Delivery]) -> None:
-        from .dispatch import run_delivery
-        from .errors import raise_failures, record_failure
-
-        errors: list[Exception] | None = None
-        for delivery in deliveries:
-            try:
-                run_delivery(delivery.subscription, delivery.envelope)
-            except Exception as exc:
-                errors = record_failure(
-                    errors,
-                    delivery.subscription,
-                    delivery.message_type,
-                    delivery.message_id,
-                    exc,
-                )
-        if errors:
-            raise_failures(deliveries[0].message_type, errors)

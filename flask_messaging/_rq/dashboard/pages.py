@@ -26,8 +26,8 @@ from rq.job import Job
 from rq.version import VERSION as RQ_VERSION
 from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
 
-from ..extension import get_state
-from ..redaction import redact_url
+from ...redaction import redact_url
+from ...state import get_state
 from ..redis_entries import is_wrong_type
 from ..status import queue_names_in_redis
 

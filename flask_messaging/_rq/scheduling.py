@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .lua import LuaScript
+from ..lua import LuaScript
 
 if TYPE_CHECKING:
     from rq.scheduler import RQScheduler

@@ -1,0 +1,340 @@
+"""RQ workers that run handlers inside the Flask app.
+
+Each job runs in an app context; jobs are taken through
+:class:`~.dequeue.MessagingQueue` and read as :class:`~.job.MessagingJob`;
+the faults of one job fail that job (:mod:`.job_faults`). Every method of
+RQ's ``Worker`` overridden here is named in ``tests/test_rq_contract.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from flask import Flask
+from redis.exceptions import ResponseError
+from rq import Queue, SimpleWorker, Worker
+from rq.job import Job
+from rq.timeouts import TimerDeathPenalty
+from rq.worker import BaseWorker
+
+from ..state import MessagingState, get_state
+from .dequeue import MessagingQueue
+from .job import job_class_for
+from .job_faults import CheckedScheduler, JobFaultsMixin, describe, fail_job
+from .scheduling import CHECK_INTERVAL, keep_scheduling
+from .serializer import JSONSerializer
+
+__all__ = [
+    "ForkingMessagingWorker",
+    "MessagingWorker",
+    "ThreadScheduler",
+    "ThreadWorker",
+    "make_worker",
+    "stop_was_asked",
+]
+
+W = TypeVar("W", bound=BaseWorker)
+
+logger = logging.getLogger("flask_messaging")
+
+
+class _MessagingWorkerMixin:
+    """What our workers add to RQ's.
+
+    Each job runs inside an app context, as a request would; jobs are taken
+    through :class:`~flask_messaging.dequeue.MessagingQueue`; a job RQ cannot
+    read is failed instead of stopping the worker; and RQ's bookkeeping
+    writes that change nothing are skipped (about a fifth of a trivial job's
+    Redis round trips).
+    """
+
+    #: A heartbeat with RQ's default TTL this recent is not repeated.
+    HEARTBEAT_INTERVAL = 1.0
+
+    def __init__(self, *args: Any, app: Flask, **kwargs: Any) -> None:
+        self.app = app
+        self._default_heartbeat_at: float | None = None
+        #: When this worker last looked at the scheduler locks (monotonic);
+        #: None while it does not (in a burst, or without a scheduler).
+        self._scheduling_checked_at: float | None = None
+        super().__init__(*args, **kwargs)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is None:
+            self._keep_scheduling()
+        # RQ sends one before and one after every dequeue (three round trips
+        # each), extending the worker's key by minutes. Skip one that would
+        # only repeat the last, when that one set the same (default) TTL.
+        default = timeout is None
+        recent = self._default_heartbeat_at
+        if default and pipeline is None and recent is not None:
+            if time.monotonic() - recent < self.HEARTBEAT_INTERVAL:
+                return
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)  # type: ignore[misc]
+        else:
+            # One round trip instead of two or three; the reply of RQ's first
+            # command (HSET last_heartbeat) says whether our hash was there.
+            try:
+                with self.connection.pipeline() as pipe:  # type: ignore[attr-defined]
+                    super().heartbeat(timeout, pipe)  # type: ignore[misc]
+                    created = pipe.execute()[0]
+            except ResponseError as exc:
+                # Our key was of another type (JobFaultsMixin writes it anew).
+                if not self._replaced_foreign_worker_key(exc):  # type: ignore[attr-defined]
+                    raise
+                created = True
+            if created:
+                self._register_again()
+        self._default_heartbeat_at = time.monotonic() if default else None
+
+    def _register_again(self) -> None:
+        """Register this worker anew: Redis lost its record (a restart, a flush).
+
+        Without it ``flask messaging status``, the dashboard and RQ's own
+        tools would say there are no workers while this one works on.
+        """
+        logger.warning(
+            "Worker %s was no longer registered on Redis (restarted or"
+            " flushed?): registering it again.",
+            self.name,  # type: ignore[attr-defined]
+        )
+        self.connection.delete(self.key)  # type: ignore[attr-defined]
+        self.register_birth()  # type: ignore[attr-defined]
+        with self.connection.pipeline() as pipe:  # type: ignore[attr-defined]
+            super().set_state(self._state, pipe)  # type: ignore[attr-defined,misc]
+            pipe.execute()
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)  # type: ignore[misc]
+        self._log_subscribers()
+
+    def _log_subscribers(self) -> None:
+        """Say, at start-up, which async subscribers this worker serves."""
+        queues = self.queue_names()  # type: ignore[attr-defined]
+        subscriptions = [s for s in get_state(self.app).registry if s.is_async]
+        served = [s for s in subscriptions if s.queue_name in queues]
+        for s in sorted(served, key=lambda s: (queues.index(s.queue_name), s.key)):
+            self.log.info(  # type: ignore[attr-defined]
+                "Serving %s -> %s on queue %s",
+                s.message_type.__message_name__,
+                s.key,
+                s.queue_name,
+            )
+        if not served:
+            self.log.warning(  # type: ignore[attr-defined]
+                "No async subscriber of app %r uses queues %s: every job taken"
+                " there will fail as unknown to this app.",
+                self.app.name,
+                ", ".join(queues),
+            )
+        for s in subscriptions:
+            if s.queue_name not in queues:
+                self.log.info(  # type: ignore[attr-defined]
+                    "Not serving %s -> %s: queue %s is not one of this worker's",
+                    s.message_type.__message_name__,
+                    s.key,
+                    s.queue_name,
+                )
+
+    def unsubscribe(self) -> None:
+        # RQ unsubscribes, then stops its listening thread: a thread that
+        # reads the reply first waits for another message, and every exit
+        # waits a second for it. Stopped first, the reply lets it go at once.
+        thread = self.pubsub_thread  # type: ignore[attr-defined]
+        if thread:
+            thread.stop()
+            self.pubsub.unsubscribe()  # type: ignore[attr-defined]
+            thread.join(timeout=1)
+            self.pubsub.close()  # type: ignore[attr-defined]
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        # RQ sets "idle" at each dequeue, whether or not it already is.
+        if pipeline is None and state == self._state:  # type: ignore[attr-defined]
+            return
+        super().set_state(state, pipeline)  # type: ignore[misc]
+
+    def perform_job(self, *args: Any, **kwargs: Any) -> Any:
+        with self.app.app_context():
+            return super().perform_job(*args, **kwargs)  # type: ignore[misc]
+
+    def prepare_job_execution(
+        self, job: Job, remove_from_intermediate_queue: bool = False
+    ) -> None:
+        # MessagingQueue moves every job it hands out to the intermediate
+        # list, whatever the number of queues: always take it off there.
+        super().prepare_job_execution(job, True)  # type: ignore[misc]
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        if timeout is not None and self.scheduler is not None:  # type: ignore[attr-defined]
+            # RQ's idle loop comes round (and heartbeats) once per timeout,
+            # minutes by default: often enough to take over scheduling.
+            timeout = min(timeout, CHECK_INTERVAL)
+            if self._scheduling_checked_at is None:
+                self._scheduling_checked_at = time.monotonic()
+        # RQ's work loop quits on an error it did not expect, such as a job
+        # hash it cannot parse: fail that job instead, and take the next.
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(  # type: ignore[misc,no-any-return]
+                    timeout, max_idle_time
+                )
+            except Exception as exc:
+                job_id = getattr(exc, "job_id", None)
+                queue = getattr(exc, "queue", None)
+                if job_id is None or not isinstance(queue, Queue):
+                    raise
+                self._fail_unreadable(job_id, queue, exc)
+
+    def _keep_scheduling(self) -> None:
+        """Run RQ's scheduler here if no live worker does (see :mod:`.scheduling`).
+
+        Only in the worker process itself, between jobs, and not once a
+        shutdown was asked for: RQ stops the scheduler then.
+        """
+        checked_at = self._scheduling_checked_at
+        if checked_at is None or time.monotonic() - checked_at < CHECK_INTERVAL:
+            return
+        if self.is_horse or self._stop_requested:  # type: ignore[attr-defined]
+            return
+        self._scheduling_checked_at = time.monotonic()
+        keep_scheduling(self.scheduler)  # type: ignore[attr-defined]
+
+    def _fail_unreadable(self, job_id: str, queue: Queue, exc: Exception) -> None:
+        """Move a job that is refused or cannot be read to the failed registry."""
+        reason = f"Job {job_id} was not run: {describe(exc)}"
+        logger.error(
+            "%s. It is moved to the failed registry, for a person to look at"
+            " and delete.",
+            reason,
+            exc_info=exc,
+        )
+        fail_job(queue.connection, queue, job_id, reason, self._failure_ttl())
+
+    def _failure_ttl(self) -> int:
+        return get_state(self.app).settings.jobs.failure_ttl
+
+
+class MessagingWorker(_MessagingWorkerMixin, JobFaultsMixin, SimpleWorker):
+    """Runs jobs in the worker process itself: no fork per job.
+
+    A fork per job costs about four times the work of a trivial handler; a
+    handler that leaks state or crashes the interpreter is the price. Use
+    :class:`ForkingMessagingWorker` (``--fork``) for that isolation.
+    """
+
+
+class ForkingMessagingWorker(_MessagingWorkerMixin, JobFaultsMixin, Worker):
+    """Forks a work horse per job, as ``rq worker`` does.
+
+    Each work horse opens its own database and Redis connections
+    (:meth:`~flask_messaging.state.MessagingState.reset_after_fork`).
+    """
+
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
+        get_state(self.app).reset_after_fork(self.connection)
+        super().main_work_horse(job, queue)
+
+
+def make_worker(
+    app: Flask,
+    queues: Sequence[str] = (),
+    *,
+    fork: bool = False,
+    name: str | None = None,
+    worker_class: type[W] | None = None,
+    **kwargs: Any,
+) -> W:
+    """Build a worker for ``app`` on ``queues`` (default ``MESSAGING_QUEUES``).
+
+    Only jobs of this package run: every job is fetched as a
+    :class:`~flask_messaging._rq.job.MessagingJob` bounded by
+    ``MESSAGING_MAX_MESSAGE_BYTES`` and decoded as JSON; a fault of one job
+    fails that job, not the worker (:mod:`flask_messaging._rq.job_faults`).
+    """
+    state = get_state(app)
+    cls: type[Any] = worker_class or (
+        ForkingMessagingWorker if fork else MessagingWorker
+    )
+    worker: W = cls(
+        list(queues or state.queue_names()),
+        name=name,
+        connection=state.redis,
+        job_class=job_class_for(state.settings.max_message_bytes),
+        queue_class=MessagingQueue,
+        serializer=JSONSerializer,
+        default_result_ttl=state.settings.jobs.result_ttl,
+        app=app,
+        **kwargs,
+    )
+    return worker
+
+
+class ThreadWorker(MessagingWorker):
+    """A worker that can live in a non-main thread: no signals anywhere.
+
+    It waits for jobs in slices of :attr:`poll_interval` seconds, so that a
+    stop asked for with :meth:`request_stop` is seen within one.
+    """
+
+    death_penalty_class = TimerDeathPenalty
+
+    #: Seconds between checks for a stop request while idle.
+    poll_interval = 1
+
+    def _install_signal_handlers(self) -> None:
+        pass
+
+    def request_stop(self, signum: Any = None, frame: Any = None) -> None:
+        self._stop_requested = True
+
+    def procline(self, message: str) -> None:
+        pass  # the process title belongs to the app
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> Any:
+        # RQ's blocking pop only gives up for an idle limit; wait in short
+        # slices so that a stop request is seen within a second.
+        while not self._stop_requested:
+            result = super().dequeue_job_and_maintain_ttl(
+                self.poll_interval, max_idle_time=self.poll_interval
+            )
+            if result is not None:
+                return result
+        return None
+
+
+def stop_was_asked(worker: BaseWorker) -> bool:
+    """Whether ``worker`` ended its work loop because a stop was asked for.
+
+    RQ's loop also ends, as if done, when Redis is unreachable at the wrong
+    moment; a caller replaces the worker then.
+    """
+    return bool(worker._stop_requested or worker._shutdown_requested_date is not None)
+
+
+class ThreadScheduler:
+    """RQ's scheduler for an app's queues, run from a thread of the app.
+
+    RQ's scheduler runs in a forked process, which cannot share an
+    in-process Redis (``memory://``): :meth:`move_due` does its work once.
+    """
+
+    def __init__(self, state: MessagingState) -> None:
+        scheduler = CheckedScheduler(
+            list(state.queue_names()), connection=state.redis, serializer=JSONSerializer
+        )
+        scheduler.job_class = job_class_for(state.settings.max_message_bytes)
+        scheduler.failure_ttl = state.settings.jobs.failure_ttl
+        self._scheduler = scheduler
+
+    def move_due(self) -> None:
+        """Move due retries and scheduled jobs onto their queues."""
+        self._scheduler.acquire_locks()  # type: ignore[no-untyped-call]
+        self._scheduler.enqueue_scheduled_jobs()
