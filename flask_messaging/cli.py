@@ -20,11 +20,12 @@ from ._rq.status import (
     worker_status,
 )
 from .database_errors import UNREACHABLE, describe_unreachable
-from .outbox import Backlog, Deferred, Relay, outbox_backlog, utcnow
+from .outbox import Backlog, Deferred, Relay, outbox_backlog
 from .outbox_cli import outbox_cli
 from .redaction import redact, redact_url
 from .state import MessagingState, get_state
 from .subscription import describe_subscription
+from .tables import utcnow
 from .worker import run_workers
 
 __all__ = ["messaging_cli"]

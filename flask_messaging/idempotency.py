@@ -50,8 +50,9 @@ import sqlalchemy as sa
 from ._rq.job import current_job
 from .envelope import current_envelope
 from .errors import MessagingError
-from .state import get_state
+from .state import FlaskSQLAlchemy, get_state
 from .subscription import handler_key
+from .tables import table_on, utcnow
 
 __all__ = [
     "DatabaseMarks",
@@ -210,12 +211,9 @@ def _text(value: object) -> str:
 
 def handled_table(metadata: sa.MetaData, name: str) -> sa.Table:
     """The marks table on ``metadata`` (made by ``create_all`` with the rest)."""
-    existing = metadata.tables.get(name)
-    if existing is not None:
-        return existing
-    return sa.Table(
-        name,
+    return table_on(
         metadata,
+        name,
         sa.Column("handler", sa.String(255), primary_key=True),
         sa.Column("message_id", sa.String(32), primary_key=True),
         sa.Column("handled_at", sa.DateTime, nullable=False),
@@ -249,7 +247,7 @@ class DatabaseMarks:
         primary key, and ``handled_at`` (``TIMESTAMP``, UTC).
     """
 
-    def __init__(self, db: Any, table: str = "messaging_handled") -> None:
+    def __init__(self, db: FlaskSQLAlchemy, table: str = "messaging_handled") -> None:
         self.db = db
         self.table = handled_table(db.metadata, table)
 
@@ -275,7 +273,7 @@ class DatabaseMarks:
         values = {
             "handler": handler,
             "message_id": message_id,
-            "handled_at": datetime.datetime.now(datetime.UTC).replace(tzinfo=None),
+            "handled_at": utcnow(),
         }
         dialect = session.get_bind().dialect.name
         if dialect in ("postgresql", "sqlite"):
@@ -305,9 +303,7 @@ class DatabaseMarks:
         Keep marks longer than any redelivery may take (retries, requeues
         from the failed job registry).
         """
-        cutoff = datetime.datetime.now(datetime.UTC).replace(
-            tzinfo=None
-        ) - datetime.timedelta(seconds=older_than)
+        cutoff = utcnow() - datetime.timedelta(seconds=older_than)
         table = self.table
         with self.db.engine.begin() as connection:
             result = connection.execute(

@@ -50,6 +50,7 @@ from redis.exceptions import RedisError
 from . import envelope as codec
 from .dispatch import Delivery, DurableJobSink
 from .message import Message
+from .tables import table_on, utcnow
 
 if TYPE_CHECKING:
     from .state import MessagingState
@@ -83,19 +84,11 @@ BACKLOG_LISTED_READ = 1000
 _CHUNK = 500
 
 
-def utcnow() -> datetime.datetime:
-    # Naive UTC: stored and compared the same way by every database.
-    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
-
-
 def outbox_table(metadata: sa.MetaData, name: str) -> sa.Table:
     """The outbox table on ``metadata`` (made by ``create_all`` with the rest)."""
-    existing = metadata.tables.get(name)
-    if existing is not None:
-        return existing
-    return sa.Table(
-        name,
+    return table_on(
         metadata,
+        name,
         sa.Column("message_id", sa.String(32), primary_key=True),
         sa.Column("message_type", sa.String(255), nullable=False),
         sa.Column("envelope", sa.Text, nullable=False),

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from .outbox import AVAILABLE_SHIFT, StoredFanOut, available_at, utcnow
+from .outbox import AVAILABLE_SHIFT, StoredFanOut, available_at
+from .tables import utcnow
 
 if TYPE_CHECKING:
     from .state import MessagingState
