@@ -3,7 +3,8 @@
 Async delivery is at least once: a worker killed mid-handler, a Redis restart
 or a retry after a partial failure delivers a message to a handler again.
 :func:`idempotent` records each (handler, message id) it handled and skips a
-repeat. The message id is :func:`~flask_messaging.current_envelope` ``().id``,
+repeat. The message id is :func:`~flask_messaging.envelope.current_envelope`
+``().id``,
 the same in every job and every retry of one message.
 
 .. code-block:: python

@@ -4,8 +4,10 @@
 :meth:`Messaging.init_app <flask_messaging.Messaging.init_app>`, which also
 chooses its job sink. Everything below the extension reaches an app's
 subscribers, Redis, signing key and database through it: :func:`get_state`
-for the current app, :func:`get_message_broker` for the broker to publish to
-(or the one a test installed with :func:`override_message_broker`).
+for the current app,
+:func:`~flask_messaging.broker.get_message_broker` for the broker to publish
+to (or the one a test installed with
+:func:`~flask_messaging.broker.override_message_broker`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ class Supervisor:
 
     A child that ends without being asked to (a handler that kills its own
     process or calls ``os._exit``, the interpreter crashing) is reaped and
-    replaced after the pause of :class:`RestartPause`, per slot, as
+    replaced after the pause of
+    :class:`~flask_messaging.worker.RestartPause`, per slot, as
     :func:`~flask_messaging.worker.run_workers` replaces a worker that stops
     unasked. A burst or
     ``max_jobs`` child that exits with status 0 has ended its run; one

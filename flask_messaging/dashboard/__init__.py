@@ -19,10 +19,11 @@ pages as raw HTML. Nothing global is changed here; on each app:
   404 before any view runs;
 - rq-dashboard's connection hook is replaced by one giving the app's Redis;
 - its views are replaced (in ``app.view_functions``): its pages by
-  :mod:`.rq_pages` (our templates and one static script; none of its
-  templates, which write URL and Redis values into scripts unescaped, is
-  rendered), its JSON views and actions by :mod:`.views` (read with JSON,
-  never pickle, never job arguments, credentials redacted);
+  :mod:`flask_messaging._rq.dashboard.pages` (our templates and one static
+  script; none of its templates, which write URL and Redis values into
+  scripts unescaped, is rendered), its JSON views and actions by
+  :mod:`flask_messaging._rq.dashboard.views` (read with JSON, never pickle,
+  never job arguments, credentials redacted);
 - every response carries a Content-Security-Policy without inline script:
   pages allow only the script loaded with their nonce, the rest no script.
 """
