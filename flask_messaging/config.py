@@ -63,9 +63,12 @@ DEFAULTS: Mapping[str, Any] = {
 
 @dataclass(frozen=True)
 class OutboxSettings:
-    """How the outbox is kept and relayed."""
+    """How the outbox is kept and relayed: the ``MESSAGING_OUTBOX*`` and
+    ``MESSAGING_RELAY_*`` keys."""
 
+    #: Committed events are stored in the outbox table (with a database bound).
     enabled: bool
+    #: The outbox table's name.
     table: str
     #: Seconds relayed rows are kept before the relay deletes them.
     retention: int
@@ -73,6 +76,7 @@ class OutboxSettings:
     relay_delay: float
     #: Seconds the relay sleeps when there is nothing to do.
     relay_interval: float
+    #: Rows one relay transaction claims, at most.
     relay_batch_size: int
 
 
@@ -82,9 +86,12 @@ class Settings:
 
     #: Left out of ``repr()``: it may hold a password.
     redis_url: str = field(repr=False)
+    #: The queues workers listen on by default, highest priority first.
     queues: tuple[str, ...]
+    #: False: async subscribers run at once, in the publishing thread.
     is_async: bool
     jobs: JobOptions
+    #: The largest encoded message, in bytes (None: no limit).
     max_message_bytes: int | None
     outbox: OutboxSettings
     #: With ``memory://``: run jobs in a worker thread of the app's process.

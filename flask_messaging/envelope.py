@@ -147,6 +147,9 @@ def encode(message: Message, *, max_bytes: int | None = None) -> Encoded:
         decode to a different value (a tuple in an ``Any`` field arrives as a
         list), nests deeper than :data:`~flask_messaging.payload.MAX_DEPTH`, or
         the result is larger than ``max_bytes``.
+
+    :param max_bytes: the largest encoded envelope, in bytes; ``None`` for no
+        limit.
     """
     cls = type(message)
     payload = payload_codec(cls).encode(message)

@@ -159,6 +159,8 @@ class MemoryBroker(MessageBroker):
 
     :param jobs: where async deliveries go (the app's RQ queues); the
         :class:`~flask_messaging.Messaging` extension sets it up.
+    :param max_message_bytes: the largest encoded message, in bytes; ``None``
+        for no limit.
     """
 
     def __init__(

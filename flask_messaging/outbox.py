@@ -114,7 +114,11 @@ class StoredEvent(Protocol):
 
 
 def outbox_rows(events: Sequence[StoredEvent], delay: float) -> list[dict[str, Any]]:
-    """The rows of ``events``, each with its fan-out (``event.deliveries``)."""
+    """The rows of ``events``, each with its fan-out (``event.deliveries``).
+
+    :param delay: seconds before a relay may take the rows
+        (``MESSAGING_RELAY_DELAY``).
+    """
     now = utcnow()
     available = now + datetime.timedelta(seconds=delay) + AVAILABLE_SHIFT
     return [
@@ -272,7 +276,13 @@ class Relay:
     """Moves outbox rows nobody enqueued to RQ, and marks relayed rows.
 
     Several relays may run at once on PostgreSQL (rows are claimed with
-    ``FOR UPDATE SKIP LOCKED``); on SQLite run one.
+    ``FOR UPDATE SKIP LOCKED``); on SQLite run one. Its timings and batch
+    size are the app's (:attr:`settings`: ``MESSAGING_RELAY_DELAY``,
+    ``MESSAGING_RELAY_INTERVAL``, ``MESSAGING_RELAY_BATCH_SIZE``,
+    ``MESSAGING_OUTBOX_RETENTION``).
+
+    :raises RuntimeError: the app has no outbox, ``MESSAGING_ASYNC`` is
+        off, or the outbox table or one of its columns is missing.
     """
 
     def __init__(self, state: MessagingState) -> None:
@@ -289,6 +299,7 @@ class Relay:
         self.state = state
         self.jobs: DurableJobSink = state.jobs
         self.table = state.outbox
+        #: The app's outbox settings; their times are in seconds.
         self.settings = state.settings.outbox
         check_table(self.engine, self.table)
 
@@ -309,7 +320,11 @@ class Relay:
         return total
 
     def run(self, stop: threading.Event, interval: float | None = None) -> None:
-        """Relay until ``stop`` is set; failures (Redis down) are retried."""
+        """Relay until ``stop`` is set; failures (Redis down) are retried.
+
+        :param interval: seconds to wait after each pass; default
+            ``MESSAGING_RELAY_INTERVAL``.
+        """
         interval = self.settings.relay_interval if interval is None else interval
         while not stop.is_set():
             try:

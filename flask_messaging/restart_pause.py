@@ -14,8 +14,11 @@ class RestartPause:
     after a healthy run is a new incident, not the last one going on.
     """
 
+    #: Seconds of the first pause, and of the first after a healthy run.
     FIRST = 1.0
+    #: Seconds of the longest pause: the doubling stops here.
     LONGEST = 30.0
+    #: Seconds a worker must have run for its stop to count as a new incident.
     HEALTHY = 60.0
 
     def __init__(self) -> None:
