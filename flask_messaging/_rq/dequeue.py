@@ -176,7 +176,7 @@ class MessagingQueue(Queue):
         job_cls: type[Job] = job_class or Job
         bounds = [
             job_cls.redis_job_namespace_prefix,
-            # Bounds of MessagingJob (dispatch.py); RQ's Job has none.
+            # Bounds of MessagingJob (job.py); RQ's Job has none.
             getattr(job_cls, "max_fields", _NO_BOUND),
             getattr(job_cls, "max_field_bytes", _NO_BOUND),
         ]
@@ -242,7 +242,7 @@ def _read_taken(
 
     :raises Exception: the job is refused or cannot be read, with ``job_id``
         and ``queue`` set on it, for the worker to fail that job
-        (see ``worker._MessagingWorkerMixin``), as RQ does.
+        (see ``workers._MessagingWorkerMixin``), as RQ does.
     """
     refused = taken[3].decode(errors="backslashreplace")
     try:

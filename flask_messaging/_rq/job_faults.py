@@ -259,7 +259,7 @@ class JobFaultsMixin:
 
     def clean_registries(self) -> None:
         # RQ's stops at the first queue where anything raises, and leaves
-        # its lock held (see flask_messaging.queue_cleanup).
+        # its lock held (see queue_cleanup).
         worker: Any = self
         for queue in worker.queues:
             try:
@@ -360,7 +360,7 @@ class CheckedScheduler(RQScheduler):
     scheduler, and a thousand jobs each just under the bound would all be
     held at once. This one reads each due job with the app's job class,
     fails one it cannot read, and moves the others onto their queue one by
-    one, waking an idle worker (:class:`~flask_messaging.dequeue.MessagingQueue`).
+    one, waking an idle worker (:class:`~flask_messaging._rq.dequeue.MessagingQueue`).
     """
 
     job_class: type[Job]

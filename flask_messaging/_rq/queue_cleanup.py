@@ -7,7 +7,7 @@ stops the clean-up of that queue and of every later one, and leaves the
 lock held until it expires. Here each queue is cleaned on its own, each of
 RQ's steps is tried on its own, and the lock is always released. Before RQ
 reads a key, the entries no one can read are taken out of it
-(:func:`~flask_messaging.stored_ids.purge_ids`), and ids whose job is gone
+(:func:`~flask_messaging._rq.stored_ids.purge_ids`), and ids whose job is gone
 are taken off the intermediate list in bulk (RQ reads each in turn: about
 4 ms each, minutes for a list of a hundred thousand).
 """
@@ -60,7 +60,7 @@ def purge_queue(queue: Queue) -> bool:
 
     :return: whether every key is of the type RQ writes there (a key of
         another type is logged, see
-        :func:`~flask_messaging.stored_ids.log_wrong_type`).
+        :func:`~flask_messaging._rq.stored_ids.log_wrong_type`).
     """
     usable = True
     prefix = queue.job_class.redis_job_namespace_prefix

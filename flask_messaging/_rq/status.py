@@ -408,7 +408,7 @@ def requeue_failed(state: MessagingState, queues: tuple[str, ...] = ()) -> int:
     """Put every failed job of ``queues`` (default: all) back on its queue.
 
     Entries of a failed registry that are not UTF-8 name no job: they are
-    removed and logged (:func:`~flask_messaging.stored_ids.purge_ids`), and
+    removed and logged (:func:`~flask_messaging._rq.stored_ids.purge_ids`), and
     the real failed jobs are requeued. A failed registry of another type
     than a sorted set is logged and skipped.
     """

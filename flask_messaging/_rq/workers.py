@@ -45,13 +45,13 @@ class _MessagingWorkerMixin:
     """What our workers add to RQ's.
 
     Each job runs inside an app context, as a request would; jobs are taken
-    through :class:`~flask_messaging.dequeue.MessagingQueue`; a job RQ cannot
+    through :class:`~flask_messaging._rq.dequeue.MessagingQueue`; a job RQ cannot
     read is failed instead of stopping the worker; and RQ's bookkeeping
     writes that change nothing are skipped (about a fifth of a trivial job's
     Redis round trips).
     """
 
-    #: A heartbeat with RQ's default TTL this recent is not repeated.
+    #: Seconds: a heartbeat with RQ's default TTL this recent is not repeated.
     HEARTBEAT_INTERVAL = 1.0
 
     def __init__(self, *args: Any, app: Flask, **kwargs: Any) -> None:

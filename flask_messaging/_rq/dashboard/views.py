@@ -2,9 +2,9 @@
 
 rq-dashboard 0.9 reads jobs with pickle, shows job arguments (the message
 payloads) and inserts job fields into its pages as raw HTML. The views here
-read with JSON only (:class:`~flask_messaging.serializer.ReadOnlySerializer`)
+read with JSON only (:class:`~flask_messaging._rq.serializer.ReadOnlySerializer`)
 and never show arguments. Their answers are JSON with the values as Redis
-holds them (credentials redacted): the pages of :mod:`.rq_pages` insert them
+holds them (credentials redacted): the pages of :mod:`.pages` insert them
 as text, never as HTML.
 """
 
@@ -571,7 +571,7 @@ def unreviewed(**kwargs: Any) -> Response:
 RQ_KEPT = frozenset({"static", "favicon"})
 
 #: rq-dashboard 0.9 JSON views and actions replaced: the originals unpickle
-#: jobs or show job arguments. Its pages are replaced by :data:`.rq_pages.RQ_PAGES`.
+#: jobs or show job arguments. Its pages are replaced by :data:`.pages.RQ_PAGES`.
 RQ_VIEWS: dict[str, Callable[..., Any]] = {
     "job_info": _job_info,
     "list_jobs": _list_jobs,
