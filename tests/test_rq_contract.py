@@ -29,10 +29,12 @@ from redis import Redis
 from rq import Queue, Retry, SimpleWorker, Worker, worker_registration
 from rq import registry as rq_registry
 from rq import scheduler as rq_scheduler
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.registry import (
     BaseRegistry,
+    FailedJobRegistry,
     ScheduledJobRegistry,
     StartedJobRegistry,
 )
@@ -73,9 +75,8 @@ from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker
 
 from . import worker_app
-from .worker_app import Ping
+from .worker_app import ATTEMPTS, Boom, Ping
 
-ROOT = Path(__file__).resolve().parent.parent
 RQ_SOURCE = Path(rq.__file__).resolve().parent
 
 
@@ -354,6 +355,7 @@ CALLED: dict[Any, dict[str, str]] = {
         "get_expired_job_ids()": "job_faults.py",
         "parse_job_id(entry)": "job_faults.py, dashboard/views.py",
     },
+    FailedJobRegistry: {"parse_job_id(entry)": "dashboard/views.py"},
     Result: {
         "__init__(job_id, type, connection, *, exc_string, worker_name,"
         " serializer)": "job_faults.py",
@@ -405,7 +407,8 @@ def test_each_rq_method_we_call_takes_what_we_pass(
 
 
 def used_names(function: Callable[..., Any]) -> dict[str, set[str]]:
-    """The names ``function``'s source calls, reads and writes as attributes."""
+    """The names ``function``'s source calls, reads and writes (attributes;
+    plain names it reads count as reads)."""
     function = getattr(function, "__func__", function)
     tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     used: dict[str, set[str]] = {"calls": set(), "reads": set(), "writes": set()}
@@ -416,9 +419,11 @@ def used_names(function: Callable[..., Any]) -> dict[str, set[str]]:
                 used["calls"].add(target.attr)
             elif isinstance(target, ast.Name):
                 used["calls"].add(target.id)
-        elif isinstance(node, ast.Attribute):
+        if isinstance(node, ast.Attribute):
             what = "writes" if isinstance(node.ctx, ast.Store) else "reads"
             used[what].add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            used["reads"].add(node.id)
     return used
 
 
@@ -434,6 +439,8 @@ USES = [
     (BaseWorker.dequeue_job_and_maintain_ttl, "calls", "dequeue_any"),
     (BaseWorker.dequeue_job_and_maintain_ttl, "calls", "heartbeat"),
     (BaseWorker.dequeue_job_and_maintain_ttl, "calls", "set_state"),
+    (BaseWorker.dequeue_job_and_maintain_ttl, "reads", "DequeueTimeout"),
+    (IntermediateQueue.cleanup, "calls", "handle_job_failure"),
     (BaseWorker.run_maintenance_tasks, "calls", "clean_registries"),
     (SimpleWorker.execute_job, "calls", "perform_job"),
     (Worker.execute_job, "calls", "monitor_work_horse"),
@@ -462,6 +469,15 @@ USED_FOR = {
     "_process": "keep_scheduling tells whether the scheduler runs (scheduling.py)",
     "_status": "CheckedScheduler.enqueue_scheduled_jobs sets it as RQ's does",
     "perform": "MessagingJob.perform binds the job and stops retries (job.py)",
+    "DequeueTimeout": (
+        "MessagingQueue.dequeue_any raises it when no job came, and RQ's idle"
+        " loop goes on (dequeue.py)"
+    ),
+    "handle_job_failure": (
+        "a job left on an intermediate list by a worker that died is failed,"
+        " so retried, by RQ's clean-up: MessagingQueue.dequeue_any puts every"
+        " taken id there (dequeue.py)"
+    ),
 }
 
 
@@ -597,7 +613,7 @@ def test_every_logger_rq_writes_to_is_redacted() -> None:
 
 @pytest.fixture
 def app(make_app: Callable[..., Flask], real_redis_url: str) -> Iterator[Flask]:
-    app = make_app(worker_app.messaging)
+    app = make_app(worker_app.messaging, MESSAGING_RETRY_INTERVALS=[0])
     with app.app_context():
         yield app
 
@@ -605,6 +621,15 @@ def app(make_app: Callable[..., Flask], real_redis_url: str) -> Iterator[Flask]:
 @pytest.fixture
 def redis(app: Flask) -> Redis:
     return get_state(app).redis
+
+
+def raised(call: Callable[[], object]) -> BaseException | None:
+    """What ``call`` raised, if anything."""
+    try:
+        call()
+    except Exception as exc:
+        return exc
+    return None
 
 
 def enqueue_ping(app: Flask, value: int = 1) -> str:
@@ -636,6 +661,21 @@ LIVE_ATTRIBUTES = {
         ("name", "job_faults.py, status.py"),
         ("log", "workers.py, job_faults.py"),
         ("death_penalty_class", "ThreadWorker's timeouts (workers.py)"),
+        *(
+            (name, "the dashboard's list of workers (dashboard/views.py)")
+            for name in (
+                "pid",
+                "last_heartbeat",
+                "birth_date",
+                "successful_job_count",
+                "failed_job_count",
+                "total_working_time",
+            )
+        ),
+    ],
+    "registry": [
+        ("name", "the queue of due jobs (job_faults.py)"),
+        ("key", "job_faults.py, status.py, dashboard"),
     ],
     "scheduler": [
         ("_queue_names", "the locks we look at (scheduling.py)"),
@@ -674,13 +714,20 @@ LIVE_ATTRIBUTES = {
 
 @pytest.fixture
 def live(app: Flask, redis: Redis) -> dict[str, Any]:
-    """A worker, a scheduler, a fetched job and a queue of the app's."""
+    """A worker, a scheduler, a fetched job, a queue and a registry."""
     job_id = enqueue_ping(app)
     worker = make_worker(app, [LOW_PRIORITY])
     scheduler = CheckedScheduler([LOW_PRIORITY], connection=redis)
     job = worker.job_class.fetch(job_id, connection=redis, serializer=JSONSerializer)
     queue = MessagingQueue(LOW_PRIORITY, connection=redis, serializer=JSONSerializer)
-    return {"worker": worker, "scheduler": scheduler, "job": job, "queue": queue}
+    registry = ScheduledJobRegistry(LOW_PRIORITY, connection=redis)
+    return {
+        "worker": worker,
+        "scheduler": scheduler,
+        "job": job,
+        "queue": queue,
+        "registry": registry,
+    }
 
 
 @pytest.mark.parametrize(
@@ -709,7 +756,7 @@ def test_no_attribute_of_rqs_live_objects_hides_a_member_of_ours(
 ) -> None:
     # An attribute RQ sets on the instance wins over our class's member of
     # the same name: our method would silently never be called.
-    for what in ("worker", "scheduler", "job", "queue"):
+    for what in ("worker", "scheduler", "job", "queue", "registry"):
         obj = live[what]
         ours = {
             name
@@ -723,6 +770,37 @@ def test_no_attribute_of_rqs_live_objects_hides_a_member_of_ours(
             f"RQ sets {sorted(hidden)} on a {what}, hiding the members of that"
             f" name of {type(obj).__name__}: rename ours."
         )
+
+
+def test_rq_reads_and_writes_with_our_serializer(live: dict[str, Any]) -> None:
+    # RQ's default is pickle: a job written into Redis by anyone could run
+    # code in the worker (serializer.py).
+    for what in ("worker", "job", "queue"):
+        serializer = live[what].serializer
+        assert (serializer.dumps, serializer.loads) == (
+            JSONSerializer.dumps,
+            JSONSerializer.loads,
+        ), f"An RQ {what} given our JSONSerializer uses {serializer} instead."
+
+
+def test_rq_says_a_job_is_gone_as_we_expect(redis: Redis) -> None:
+    fetched = raised(lambda: MessagingJob.fetch("gone", connection=redis))
+    assert isinstance(fetched, NoSuchJobError), (
+        f"RQ's Job.fetch of a job that is gone raised {fetched!r}, not"
+        " NoSuchJobError, on which fail_unreadable, the scheduler's move and the"
+        " dashboard's delete skip it (_rq/job_faults.py, _rq/dashboard)."
+    )
+    assert MessagingJob.fetch_many(["gone"], connection=redis) == [None], (
+        "RQ's Job.fetch_many no longer gives None for a job that is gone:"
+        " status.py drops those."
+    )
+    requeued = raised(
+        lambda: FailedJobRegistry(LOW_PRIORITY, connection=redis).requeue("gone")
+    )
+    assert isinstance(requeued, NoSuchJobError | InvalidJobOperation), (
+        f"RQ's requeue of a job that is gone raised {requeued!r}, which"
+        " status.py's requeue does not take for 'not failed there'."
+    )
 
 
 def test_rq_3_workers_keep_their_execution_where_we_clean_it_up(
@@ -847,12 +925,34 @@ def test_a_worker_takes_a_job_onto_its_intermediate_list_and_off_again(
 def test_rq_reads_job_hashes_through_restore(app: Flask, redis: Redis) -> None:
     job_id = enqueue_ping(app)
     redis.hset(Job.key_for(job_id), "webhooks", "[]")
-    for read in (
-        lambda: MessagingJob.fetch(job_id, connection=redis),
-        lambda: MessagingJob.fetch_many([job_id], connection=redis),
+    for how, read in (
+        ("fetch", lambda: MessagingJob.fetch(job_id, connection=redis)),
+        ("fetch_many", lambda: MessagingJob.fetch_many([job_id], connection=redis)),
     ):
-        with pytest.raises(InvalidJobError, match="webhooks"):
-            read()
+        refused = raised(read)
+        assert isinstance(refused, InvalidJobError), (
+            f"RQ's Job.{how} read a hash with a field our jobs never have"
+            f" ({refused!r}): it no longer reads hashes through restore, and"
+            " MessagingJob checks none (_rq/job.py, _rq/job_hash.py)."
+        )
+
+
+def test_the_fields_rq_writes_as_it_handles_a_job_are_ones_we_accept(
+    app: Flask, redis: Redis
+) -> None:
+    # A job is read again after RQ wrote to its hash: when it is retried,
+    # failed, requeued or found abandoned (job_hash.ALLOWED_FIELDS).
+    get_state(app).broker.publish(Boom("contract"))  # fails; one retry
+    make_worker(app).work(burst=True, logging_level="WARNING")
+    (key,) = redis.keys(Job.redis_job_namespace_prefix + "*")
+    fields = {field.decode() for field in redis.hkeys(key)}
+    assert fields <= set(ALLOWED_FIELDS), (
+        f"RQ writes {sorted(fields - set(ALLOWED_FIELDS))} as it handles a job:"
+        " MessagingJob refuses such a job when it reads it again"
+        " (_rq/job_hash.py)."
+    )
+    assert redis.get(ATTEMPTS) == b"2"
+    assert redis.hget(key, "status") == b"failed"
 
 
 def test_rq_reads_data_that_is_not_zlib_as_it_is(redis: Redis) -> None:
@@ -875,8 +975,12 @@ def test_rq_calls_our_func_when_it_performs_a_job(redis: Redis) -> None:
     job = MessagingJob.create(
         "os.getcwd", connection=redis, serializer=JSONSerializer, origin="low"
     )
-    with pytest.raises(InvalidJobError, match="os.getcwd"):
-        job.perform()
+    refused = raised(job.perform)
+    assert isinstance(refused, InvalidJobError) and "os.getcwd" in str(refused), (
+        f"RQ's Job.perform of a job naming os.getcwd raised {refused!r}: it no"
+        " longer calls the job's func property, through which MessagingJob runs"
+        " only dispatch (_rq/job.py)."
+    )
 
 
 def test_a_queue_push_through_rqs_enqueue_wakes_idle_workers(
@@ -917,7 +1021,10 @@ def test_a_result_rq_saves_is_read_by_latest_result(redis: Redis) -> None:
 
 
 def test_rq_scheduler_statuses_are_what_checked_scheduler_sets() -> None:
-    assert {"WORKING", "STARTED"} <= set(RQScheduler.Status.__members__)
+    assert {"WORKING", "STARTED"} <= set(RQScheduler.Status.__members__), (
+        "RQ's scheduler has no WORKING or STARTED status any more:"
+        " CheckedScheduler.enqueue_scheduled_jobs sets them (_rq/job_faults.py)."
+    )
 
 
 # -- Jobs as RQ writes them ---------------------------------------------------
@@ -945,7 +1052,10 @@ def test_rqs_enqueue_records_as_the_template_expects(
     (subscription,) = state.registry
     recording = state.jobs.record(subscription)  # type: ignore[attr-defined]
     names = [command[0] for command in recording.commands]
-    assert set(names) <= KNOWN_COMMANDS
+    assert set(names) <= KNOWN_COMMANDS, (
+        f"RQ's enqueue sends {sorted(set(names) - KNOWN_COMMANDS)}: our jobs are"
+        " written by RQ's own enqueue_many, more slowly (_rq/job_template.py)."
+    )
     assert names[0] == "SADD" and recording.commands[0][1:] == (
         Queue.redis_queues_keys,
         recording.queue_key,
@@ -957,13 +1067,20 @@ def test_rqs_enqueue_records_as_the_template_expects(
     # Raises RecordingMismatch, naming it, if RQ's enqueue changed.
     template = JobTemplate.from_recording(1, recording)
     body = template.lua.splitlines()[1:-1]
-    assert (
-        sum(line.count("job_id") for line in body)
-        == len([c for c in recording.commands if c[0] in ("HSET", "EXPIRE")]) + 1
-    )
-    assert sum(line.count(", data") for line in body) == 1
-    assert sum(line.count(", description") for line in body) == 1
-    assert sum(line.count(", now") for line in body) == len(TIME_FIELDS)
+    slots = {
+        # The job's keys (each HSET and EXPIRE) and its push onto the queue.
+        "job_id": len([c for c in recording.commands if c[0] in ("HSET", "EXPIRE")])
+        + 1,
+        ", data": 1,
+        ", description": 1,
+        ", now": len(TIME_FIELDS),
+    }
+    for slot, count in slots.items():
+        found = sum(line.count(slot) for line in body)
+        assert found == count, (
+            f"The template has {found} {slot.lstrip(', ')} slots, not {count}:"
+            f" the compiled enqueue of RQ's recording is\n{template.lua}"
+        )
     fields = {
         str(field)
         for command in recording.commands
@@ -975,6 +1092,7 @@ def test_rqs_enqueue_records_as_the_template_expects(
         " MessagingJob refuses: every job would be refused (_rq/job_hash.py)."
     )
     assert PROTOTYPE_ID in recording.job_key
+    assert PROTOTYPE_ID not in template.lua
 
 
 def redis_contents(redis: Redis) -> dict[bytes, Any]:
