@@ -18,6 +18,7 @@ from flask import Flask
 from rq import Retry
 
 from . import transaction
+from ._rq.compat import warn_if_untested_rq
 from ._rq.enqueue import RQJobs
 from .cli import messaging_cli
 from .config import DEFAULTS
@@ -80,6 +81,10 @@ class Messaging:
                 f"Messaging is already set up on the app {app.name!r}; call"
                 " init_app once per app."
             )
+        # Every process that writes or runs jobs (web, relay, worker) sets
+        # up its app first: the one place to say, once, that the installed
+        # RQ is not one this package was tested with.
+        warn_if_untested_rq()
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         app.config.setdefault("MESSAGING_ASYNC", not app.testing)

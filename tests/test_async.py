@@ -15,13 +15,10 @@ from rq import Queue, Retry
 from rq.registry import FailedJobRegistry
 
 from flask_messaging import DeliveryError, MessageEncodeError, get_message_broker
-from flask_messaging._rq.dequeue import MessagingQueue
 from flask_messaging._rq.job import MessagingJob
 from flask_messaging._rq.serializer import JSONSerializer
 from flask_messaging.dispatch import DISPATCH_FUNCTION
-from flask_messaging.envelope import encode as codec_encode
 from flask_messaging.queue_names import DEFAULT_PRIORITY, HIGH_PRIORITY, LOW_PRIORITY
-from flask_messaging.signing import JobBinding
 from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker
 
@@ -215,90 +212,6 @@ def test_jobs_survive_a_signing_key_rotation(
     with new.app_context():
         drain(new)
         assert [e["value"] for e in handled(get_state().redis)] == [5]
-
-
-def redis_contents(redis: Redis) -> dict[bytes, Any]:
-    """Every key with its value; job hashes with their data decompressed and
-    their timestamps blanked."""
-    contents: dict[bytes, Any] = {}
-    for key in redis.keys("*"):
-        kind = redis.type(key)
-        if kind == b"hash":
-            value = redis.hgetall(key)
-            for field in (b"created_at", b"enqueued_at"):
-                if field in value:
-                    value[field] = b"<now>"
-            if b"data" in value:  # what RQ reads; compressors may differ
-                value[b"data"] = zlib.decompress(value[b"data"])
-        elif kind == b"list":
-            value = redis.lrange(key, 0, -1)
-        elif kind == b"set":
-            value = redis.smembers(key)
-        elif kind == b"zset":
-            value = redis.zrange(key, 0, -1, withscores=True)
-        else:
-            value = redis.get(key)
-        contents[key] = (kind, value, redis.ttl(key) > 0)
-    return contents
-
-
-@pytest.mark.parametrize("once", [False, True], ids=["enqueue", "enqueue_once"])
-def test_jobs_are_written_exactly_as_rq_writes_them(
-    make_app: Callable[..., Flask], once: bool
-) -> None:
-    from rq import Retry as RQRetry
-
-    from flask_messaging._rq.enqueue import MARKER_PREFIX, job_description
-    from flask_messaging.dispatch import Delivery
-
-    app = make_app(MESSAGING_RETRY=2, MESSAGING_JOB_TTL=600)
-    state = get_state(app)
-    state.broker.subscribe_async(Ping, handle_a, queue_name=LOW_PRIORITY, timeout=42)
-    (subscription,) = state.registry
-    redis = state.redis
-    deliveries = []
-    for n in range(3):
-        message_id, data = codec_encode(Ping(n))
-        deliveries.append(Delivery(subscription, "tests.ping", message_id, data))
-    if once:
-        state.jobs.enqueue_once([(d.message_id, [d]) for d in deliveries])
-        for delivery in deliveries:
-            assert redis.delete(MARKER_PREFIX + delivery.message_id) == 1
-    else:
-        state.jobs.enqueue(deliveries)
-    ours = redis_contents(redis)
-    redis.flushdb()
-
-    # RQ's own enqueue_many, through the queue class our workers take jobs
-    # with (its only addition: a wake token, see flask_messaging.dequeue).
-    queue = MessagingQueue(LOW_PRIORITY, connection=redis, serializer=JSONSerializer)
-    queue.enqueue_many(
-        [
-            Queue.prepare_data(
-                DISPATCH_FUNCTION,
-                args=(
-                    subscription.key,
-                    delivery.envelope.decode(),
-                    state.signer.sign(
-                        JobBinding(delivery.job_id, LOW_PRIORITY),
-                        subscription.key,
-                        delivery.envelope,
-                    ),
-                ),
-                timeout=42,
-                result_ttl=500,
-                failure_ttl=state.settings.jobs.failure_ttl,
-                ttl=600,
-                description=job_description(delivery),
-                job_id=delivery.job_id,
-                retry=RQRetry(max=2, interval=[10, 60, 300]),
-            )
-            for delivery in deliveries
-        ]
-    )
-    theirs = redis_contents(redis)
-    assert len(theirs) == 3 + 3  # 3 job hashes, the queue, rq:queues, the wake list
-    assert ours == theirs
 
 
 def test_missing_signing_key_is_a_configuration_error_not_a_delivery_failure(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import enum
+import logging
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from redis.exceptions import WatchError
 from rq import Queue, Retry
 from rq.utils import now as utcnow
 from rq.utils import utcformat
@@ -19,13 +19,25 @@ from ..dispatch import DISPATCH_FUNCTION, Delivery
 from ..lua import LuaScript
 from ..signing import JobBinding, Signer
 from ..subscription import Subscription
+from .compat import RQ_VERSION, TESTED_RQ_RANGE
 from .dequeue import MessagingQueue
+from .job_template import (
+    PROTOTYPE_DESCRIPTION,
+    PROTOTYPE_ID,
+    JobTemplate,
+    Recording,
+    RecordingMismatch,
+)
 from .serializer import JSONSerializer
 
 if TYPE_CHECKING:
     from redis import Redis
+    from redis.client import Pipeline
+    from rq.queue import EnqueueData
 
 __all__ = ["MARKER_PREFIX", "RQJobs", "job_description", "retry_for"]
+
+logger = logging.getLogger("flask_messaging")
 
 
 def retry_for(options: JobOptions, subscription: Subscription) -> Retry | None:
@@ -45,16 +57,27 @@ def job_description(delivery: Delivery) -> str:
     return f"{delivery.message_type} -> {delivery.subscription.key}"
 
 
+Messages = Sequence[tuple[str, Sequence[Delivery]]]
+
+
 class RQJobs:
     """Writes one RQ job per delivery, in one atomic script per batch.
 
     Jobs are exactly what RQ's own ``Queue.enqueue_many`` writes: the commands
     it sends for a job are recorded once per subscription, as a template with
-    slots for the job id, data, description and timestamps. The template
-    travels once per script call and the server fills it in per job, so a job
-    costs its four values on the wire instead of some sixty arguments, and
-    no RQ ``Job`` object is ever built.
+    slots for the job id, data, description and timestamps
+    (:mod:`.job_template`). The template travels once per script call and the
+    server fills it in per job, so a job costs its four values on the wire
+    instead of some sixty arguments, and no RQ ``Job`` object is ever built.
+
+    Where a recording does not match what :mod:`.job_template` knows (a
+    newer RQ writing jobs differently), one warning names the difference and
+    those jobs are written by RQ's own ``enqueue_many`` instead, with the same
+    guarantees and more slowly (see :meth:`_enqueue_with_rq`).
     """
+
+    #: The queue class jobs are written with: its pushes wake idle workers.
+    queue_class: type[MessagingQueue] = MessagingQueue
 
     def __init__(
         self,
@@ -66,14 +89,16 @@ class RQJobs:
         self._signer = signer
         self.options = options
         self._queues: dict[str, Queue] = {}
-        self._templates: dict[Subscription, _JobTemplate] = {}
+        #: None for a subscription whose recording did not match.
+        self._templates: dict[Subscription, JobTemplate | None] = {}
         self._script = _enqueue_script(())
         self._recording = threading.Lock()
+        self._mismatch_logged = False
 
     def queue(self, name: str) -> Queue:
         queue = self._queues.get(name)
         if queue is None:
-            queue = self._queues[name] = MessagingQueue(
+            queue = self._queues[name] = self.queue_class(
                 name, connection=self._connection(), serializer=JSONSerializer
             )
         return queue
@@ -84,13 +109,13 @@ class RQJobs:
 
     def enqueue_once(
         self,
-        messages: Sequence[tuple[str, Sequence[Delivery]]],
+        messages: Messages,
         relayed_key: str | None = None,
     ) -> list[bool]:
         """Enqueue each message's deliveries unless that message was already.
 
         ``messages`` pairs a message id with its deliveries (possibly none). A
-        marker per message id, set in the same atomic script as the jobs,
+        marker per message id, set in the same atomic step as the jobs,
         makes a second attempt (a relay racing the committing process, two
         relays) enqueue nothing. With ``relayed_key``, each message id is also
         appended to that list, for the relay to mark its outbox row.
@@ -101,7 +126,7 @@ class RQJobs:
 
     def _run(
         self,
-        messages: Sequence[tuple[str, Sequence[Delivery]]],
+        messages: Messages,
         *,
         once: bool,
         relayed_key: str | None,
@@ -113,7 +138,13 @@ class RQJobs:
         now = utcformat(utcnow())
         flags: list[bool] = []
         for batch in _batches(messages):
-            keys, args = self._script_arguments(batch, signer, now, once=once)
+            built = self._script_arguments(batch, signer, now, once=once)
+            if built is None:  # a recording did not match: RQ writes them
+                flags += self._enqueue_with_rq(
+                    connection, batch, signer, once=once, relayed_key=relayed_key
+                )
+                continue
+            keys, args = built
             if relayed_key is not None:
                 keys.append(relayed_key)
             flags += map(bool, self._script.run(connection, keys, args))
@@ -121,18 +152,22 @@ class RQJobs:
 
     def _script_arguments(
         self,
-        messages: Sequence[tuple[str, Sequence[Delivery]]],
+        messages: Messages,
         signer: Signer,
         now: str,
         *,
         once: bool,
-    ) -> tuple[list[str], list[Any]]:
+    ) -> tuple[list[str], list[Any]] | None:
+        """The script's keys and arguments; None if a delivery has no template."""
         args: list[Any] = [MARKER_TTL if once else "", now, len(messages)]
         for message_id, deliveries in messages:
             args += (message_id, len(deliveries))
             for delivery in deliveries:
+                template = self._template(delivery.subscription)
+                if template is None:
+                    return None
                 args += (
-                    self._template(delivery.subscription).number,
+                    template.number,
                     delivery.job_id,
                     _job_data(delivery, signer),
                     job_description(delivery),
@@ -141,58 +176,199 @@ class RQJobs:
             return [], args
         return [MARKER_PREFIX + message_id for message_id, _ in messages], args
 
-    def _template(self, subscription: Subscription) -> _JobTemplate:
-        template = self._templates.get(subscription)
-        if template is None:
-            with self._recording:
-                template = self._templates.get(subscription)
-                if template is None:
-                    template = self._record(subscription, len(self._templates) + 1)
-                    # The script first: a template is used as soon as it is
-                    # seen, and the script must know it by then.
-                    templates = (*self._templates.values(), template)
-                    self._script = _enqueue_script(templates)
-                    self._templates[subscription] = template
+    def _template(self, subscription: Subscription) -> JobTemplate | None:
+        """The subscription's template, recorded on first use; None if RQ's
+        recording did not match."""
+        template = self._templates.get(subscription, _UNSEEN)
+        if template is not _UNSEEN:
+            return template
+        with self._recording:
+            template = self._templates.get(subscription, _UNSEEN)
+            if template is not _UNSEEN:
+                return template
+            template = self._compile(subscription, len(self._templates) + 1)
+            if template is not None:
+                # The script first: a template is used as soon as it is
+                # seen, and the script must know it by then.
+                templates = [t for t in self._templates.values() if t is not None]
+                self._script = _enqueue_script((*templates, template))
+            self._templates[subscription] = template
         return template
 
-    def _record(self, subscription: Subscription, number: int) -> _JobTemplate:
-        assert subscription.queue_name is not None
-        options = self.options
+    def record(self, subscription: Subscription) -> Recording:
+        """RQ's enqueue of a prototype job of ``subscription``, recorded unsent.
+
+        The commands RQ's ``Queue.enqueue_many`` sends through the pipeline
+        it is given, on the queue class jobs are written with.
+        """
+        queue = self.queue(_queue_name(subscription))
         recorder = self._connection().pipeline(transaction=False)
-        self.queue(subscription.queue_name).enqueue_many(
-            [
-                Queue.prepare_data(
-                    DISPATCH_FUNCTION,
-                    args=(),
-                    timeout=subscription.timeout or options.timeout,
-                    result_ttl=options.result_ttl,
-                    failure_ttl=options.failure_ttl,
-                    ttl=options.ttl,
-                    description=_PROTOTYPE_DESCRIPTION,
-                    job_id=_PROTOTYPE_ID,
-                    retry=retry_for(options, subscription),
-                )
-            ],
+        queue.enqueue_many(
+            [self._prepare(subscription, PROTOTYPE_ID, (), PROTOTYPE_DESCRIPTION)],
             pipeline=recorder,
         )
         commands = [args for args, _ in recorder.command_stack]
         recorder.reset()
-        return _JobTemplate.from_recording(number, commands)
+        return Recording(commands, queue.job_class.key_for(PROTOTYPE_ID), queue.key)
+
+    def _compile(self, subscription: Subscription, number: int) -> JobTemplate | None:
+        """Record and compile the template of ``subscription``'s jobs.
+
+        :return: None if RQ's recording does not match (logged once).
+        """
+        try:
+            return JobTemplate.from_recording(number, self.record(subscription))
+        except RecordingMismatch as mismatch:
+            if not self._mismatch_logged:
+                self._mismatch_logged = True
+                logger.warning(
+                    "RQ %s writes jobs differently from the RQ versions"
+                    " flask-messaging is tested with (rq%s): %s. Jobs of %s, and"
+                    " of any other subscription where it differs, are written"
+                    " with RQ's own Queue.enqueue_many instead: the same jobs,"
+                    " more slowly (more round trips per batch, an RQ Job per"
+                    " job).",
+                    RQ_VERSION,
+                    TESTED_RQ_RANGE,
+                    mismatch,
+                    subscription.key,
+                )
+            return None
+
+    def _prepare(
+        self,
+        subscription: Subscription,
+        job_id: str,
+        args: tuple[str, ...],
+        description: str,
+    ) -> EnqueueData:
+        """RQ's enqueue data for one of ``subscription``'s jobs."""
+        options = self.options
+        return Queue.prepare_data(
+            DISPATCH_FUNCTION,
+            args=args,
+            timeout=subscription.timeout or options.timeout,
+            result_ttl=options.result_ttl,
+            failure_ttl=options.failure_ttl,
+            ttl=options.ttl,
+            description=description,
+            job_id=job_id,
+            retry=retry_for(options, subscription),
+        )
+
+    def _enqueue_with_rq(
+        self,
+        connection: Redis,
+        messages: Messages,
+        signer: Signer,
+        *,
+        once: bool,
+        relayed_key: str | None,
+    ) -> list[bool]:
+        """Write ``messages``' jobs with RQ's own ``Queue.enqueue_many``.
+
+        The path for deliveries whose recorded enqueue did not match: jobs
+        as RQ writes them (our serializer, job ids, data, descriptions and
+        signatures), the markers and the relayed list as the script writes
+        them, all in one MULTI/EXEC transaction per batch. The markers are
+        read first under WATCH: a marker set by another process before the
+        transaction runs makes it fail, and it is tried again with what was
+        set, so a message is still enqueued once.
+
+        What this path cannot keep: a batch with markers costs three round
+        trips instead of one, and the jobs are in the transaction only as
+        long as RQ's ``enqueue_many`` writes through the pipeline it is
+        given (RQ 2.12 and 3.x do).
+
+        :return: per message, whether this call enqueued it.
+        """
+        markers = [MARKER_PREFIX + message_id for message_id, _ in messages]
+        jobs = [
+            [
+                (
+                    _queue_name(delivery.subscription),
+                    self._prepare(
+                        delivery.subscription,
+                        delivery.job_id,
+                        _call_args(delivery, signer),
+                        job_description(delivery),
+                    ),
+                )
+                for delivery in deliveries
+            ]
+            for _, deliveries in messages
+        ]
+        with connection.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    fresh = _unmarked(pipe, markers) if once else [True] * len(jobs)
+                    self._write(
+                        pipe, messages, jobs, fresh, once=once, relayed_key=relayed_key
+                    )
+                    return fresh
+                except WatchError:
+                    continue  # another process marked one meanwhile: read again
+
+    def _write(
+        self,
+        pipe: Pipeline,
+        messages: Messages,
+        jobs: list[list[tuple[str, EnqueueData]]],
+        fresh: list[bool],
+        *,
+        once: bool,
+        relayed_key: str | None,
+    ) -> None:
+        """Queue the writes of the fresh messages on ``pipe``, then run them."""
+        by_queue: dict[str, list[EnqueueData]] = {}
+        relayed = []
+        for (message_id, _), message_jobs, new in zip(
+            messages, jobs, fresh, strict=True
+        ):
+            if not new:
+                continue
+            if once:
+                pipe.set(MARKER_PREFIX + message_id, "1", ex=MARKER_TTL)
+            for queue_name, data in message_jobs:
+                by_queue.setdefault(queue_name, []).append(data)
+            relayed.append(message_id)
+        for queue_name, datas in by_queue.items():
+            self.queue(queue_name).enqueue_many(datas, pipeline=pipe)
+        if relayed_key is not None and relayed:
+            pipe.rpush(relayed_key, *relayed)
+        pipe.execute()
+
+
+def _unmarked(pipe: Pipeline, markers: list[str]) -> list[bool]:
+    """Watch ``markers`` and say which are not set (a repeated one is set)."""
+    pipe.watch(*markers)  # type: ignore[no-untyped-call]
+    values = pipe.mget(markers)
+    seen: set[str] = set()
+    fresh = []
+    for marker, value in zip(markers, values, strict=True):
+        fresh.append(value is None and marker not in seen)
+        seen.add(marker)
+    pipe.multi()
+    return fresh
+
+
+def _queue_name(subscription: Subscription) -> str:
+    name = subscription.queue_name
+    assert name is not None  # an async subscription's
+    return name
+
+
+def _call_args(delivery: Delivery, signer: Signer) -> tuple[str, str, str]:
+    """The arguments of a job's call of dispatch: key, envelope, signature."""
+    key = delivery.subscription.key
+    envelope = delivery.envelope
+    binding = JobBinding(delivery.job_id, _queue_name(delivery.subscription))
+    return key, envelope.decode(), signer.sign(binding, key, envelope)
 
 
 def _job_data(delivery: Delivery, signer: Signer) -> bytes:
     """The job's ``data`` field, as RQ's JSON serializer would write it."""
-    subscription = delivery.subscription
-    key = subscription.key
-    envelope = delivery.envelope
-    assert subscription.queue_name is not None
-    binding = JobBinding(delivery.job_id, subscription.queue_name)
-    call: tuple[Any, ...] = (
-        DISPATCH_FUNCTION,
-        None,
-        (key, envelope.decode(), signer.sign(binding, key, envelope)),
-        {},
-    )
+    call: tuple[Any, ...] = (DISPATCH_FUNCTION, None, _call_args(delivery, signer), {})
     return _compress(_data_encoder.encode(call))
 
 
@@ -226,74 +402,10 @@ def _batches(
         yield batch
 
 
-_PROTOTYPE_ID = "flask-messaging-prototype"
-_PROTOTYPE_DESCRIPTION = "flask-messaging prototype description"
 _data_encoder = msgspec.json.Encoder()
 
-
-@dataclass(frozen=True, slots=True)
-class _JobTemplate:
-    """RQ's commands for one job, as a Lua function of what differs per job.
-
-    Compiled once by Redis into the enqueue script: each call then carries a
-    job's id, data and description, and the server runs RQ's commands as
-    recorded.
-    """
-
-    number: int
-    #: ``templates[<number>] = function(job_id, data, description) ... end``
-    lua: str
-
-    @classmethod
-    def from_recording(
-        cls, number: int, commands: list[tuple[Any, ...]]
-    ) -> _JobTemplate:
-        lines = [f"templates[{number}] = function(job_id, data, description)"]
-        for command in commands:
-            args = []
-            for i, arg in enumerate(command):
-                previous = command[i - 1] if i else None
-                if isinstance(arg, enum.Enum):
-                    arg = arg.value
-                if arg == _PROTOTYPE_DESCRIPTION:
-                    args.append("description")
-                elif isinstance(arg, str) and _PROTOTYPE_ID in arg:
-                    before, after = arg.split(_PROTOTYPE_ID, 1)
-                    parts = [_lua_string(before), "job_id", _lua_string(after)]
-                    args.append(" .. ".join(p for p in parts if p != '""'))
-                elif previous == "data" and isinstance(arg, bytes):
-                    args.append("data")
-                elif previous in ("created_at", "enqueued_at"):
-                    args.append("now")
-                else:
-                    args.append(_lua_string(_literal(arg)))
-            lines.append(f"  redis.call({', '.join(args)})")
-        lines.append("end")
-        return cls(number, "\n".join(lines))
-
-
-def _literal(arg: object) -> bytes:
-    """``arg`` as redis-py would send it."""
-    if isinstance(arg, bytes):
-        return arg
-    if isinstance(arg, str):
-        return arg.encode()
-    if isinstance(arg, int | float) and not isinstance(arg, bool):
-        return repr(arg).encode()
-    raise TypeError(f"unexpected argument {arg!r} in RQ's enqueue commands")
-
-
-def _lua_string(value: str | bytes) -> str:
-    """A Lua string literal of ``value``'s bytes."""
-    data = value.encode() if isinstance(value, str) else value
-    return (
-        '"'
-        + "".join(
-            chr(byte) if 32 <= byte < 127 and byte not in (34, 92) else f"\\{byte:03d}"
-            for byte in data
-        )
-        + '"'
-    )
+# A subscription not recorded yet (None: recorded, and it did not match).
+_UNSEEN = JobTemplate(0, "")
 
 
 #: Messages, and about as many jobs, per script call: bounds the size of one
@@ -342,7 +454,7 @@ return result
 """
 
 
-def _enqueue_script(templates: tuple[_JobTemplate, ...]) -> LuaScript:
+def _enqueue_script(templates: tuple[JobTemplate, ...]) -> LuaScript:
     """The enqueue script with these templates compiled in."""
     source = "\n".join(template.lua for template in templates)
     return LuaScript(_ENQUEUE % {"templates": source})
