@@ -25,7 +25,8 @@ from example_app import DEVELOPMENT_KEY, create_app
 from example_app.extensions import db
 from flask_messaging.state import get_state
 
-from .conftest import ROOT, flask_messaging_command, free_port
+from .conftest import ROOT, flask_messaging_command
+from .servers import free_port
 
 #: What the shop needs besides a real Redis: it has no defaults for them then.
 SECRETS = {

@@ -23,9 +23,8 @@ from flask_messaging.outbox import Relay
 from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker
 
-from ..conftest import RedisServer
+from ..servers import RedisServer
 from .app import QUEUE, Hold, Overrun, Work, commit
-from .conftest import AOF
 from .harness import (
     Processes,
     rescue_abandoned,
@@ -198,7 +197,7 @@ def test_a_worker_outlives_redis_going_away_during_a_job(
     first_pid(history, "h")
     aof_redis.stop()  # down when the handler returns
     wait_until(lambda: history.runs("hold"), "the handler to finish")
-    aof_redis.start(*AOF)
+    aof_redis.start()
     with app.app_context():
         commit([Work("after")])
     wait_until(
