@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import statistics
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-from redis import Redis
+from tests.servers import find_redis_server, postgres_database, temporary_redis_server
 
 ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -94,57 +89,13 @@ def database_url() -> str:
     url = os.environ.get("BENCH_DATABASE_URL")
     if url:
         return url
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        if not connection.execute(
-            sa.text("SELECT 1 FROM pg_database WHERE datname = 'flask_messaging_bench'")
-        ).scalar():
-            connection.execute(sa.text("CREATE DATABASE flask_messaging_bench"))
-    admin.dispose()
-    return (
-        sa.engine.make_url(ADMIN_URL)
-        .set(database="flask_messaging_bench")
-        .render_as_string(hide_password=False)
-    )
+    return postgres_database(ADMIN_URL, "flask_messaging_bench")
 
 
 @contextmanager
 def redis_server() -> Iterator[str]:
-    """A private redis-server on a free port (never anyone else's data)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    """The URL of a private redis-server on a free port (never anyone else's data)."""
+    if find_redis_server() is None:
         raise SystemExit("These benchmarks need redis-server on the PATH.")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as directory:
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                directory,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        client = Redis.from_url(url)
-        try:
-            for _ in range(500):
-                try:
-                    client.ping()
-                    break
-                except Exception:
-                    time.sleep(0.01)
-            yield url
-        finally:
-            client.close()
-            process.terminate()
-            process.wait()
+    with temporary_redis_server() as server:
+        yield server.url

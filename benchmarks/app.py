@@ -16,6 +16,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from flask_messaging import Message, Messaging
 from flask_messaging.state import get_state
+from tests.app_factory import build_app
 
 db = SQLAlchemy()
 messaging = Messaging()
@@ -52,14 +53,6 @@ def stamp_rq(account_id: int) -> None:
 
 
 def create_app(**config: object) -> Flask:
-    app = Flask("bench")
-    app.config.update(
-        SECRET_KEY="bench",
-        SQLALCHEMY_DATABASE_URI=os.environ.get("DATABASE_URL", "sqlite://"),
-        MESSAGING_REDIS_URL=os.environ.get("MESSAGING_REDIS_URL", "memory://"),
-        MESSAGING_RELAY_DELAY=0,
+    return build_app(
+        "bench", messaging, db, defaults={"MESSAGING_RELAY_DELAY": 0}, **config
     )
-    app.config.update(config)
-    db.init_app(app)
-    messaging.init_app(app, db=db)
-    return app

@@ -15,6 +15,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from flask_messaging import Messaging
 
+from .app_factory import build_app
+
 db = SQLAlchemy()
 messaging = Messaging()
 
@@ -45,15 +47,12 @@ class Child(db.Model):  # type: ignore[name-defined,misc]
 
 
 def create_app(database_url: str, other_url: str, redis_url: str) -> Flask:
-    app = Flask("binds_app")
-    app.config.update(
-        SECRET_KEY="test secret",
+    return build_app(
+        "binds_app",
+        messaging,
+        db,
+        defaults={"MESSAGING_RETRY": 0, "MESSAGING_RELAY_DELAY": 0},
         SQLALCHEMY_DATABASE_URI=database_url,
         SQLALCHEMY_BINDS={"other": other_url},
         MESSAGING_REDIS_URL=redis_url,
-        MESSAGING_RETRY=0,
-        MESSAGING_RELAY_DELAY=0,
     )
-    db.init_app(app)
-    messaging.init_app(app, db=db)
-    return app

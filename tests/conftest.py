@@ -10,21 +10,28 @@ failure.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
 from redis import Redis
 
 from flask_messaging import Messaging
+from flask_messaging.state import get_state
+
+from . import tx_app
+from .app_factory import build_app
+from .servers import (
+    RedisServer,
+    find_redis_server,
+    postgres_database,
+    temporary_redis_server,
+)
 
 REQUIRE_SERVERS = os.environ.get("MESSAGING_TEST_REQUIRE_SERVERS") == "1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,67 +57,6 @@ def missing_server(reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A ``redis-server`` process of the suite's own, on a free port."""
-
-    def __init__(self, binary: str, directory: str, port: int | None = None) -> None:
-        self.binary = binary
-        self.directory = directory
-        self.port = port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, *extra: str) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.directory,
-                *extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except Exception as exc:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"redis-server did not start on {self.port}"
-                    ) from exc
-                time.sleep(0.02)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-
 @pytest.fixture(scope="session")
 def redis_server_url() -> Iterator[str | None]:
     """The URL of a real Redis the suite may flush, or None."""
@@ -118,32 +64,20 @@ def redis_server_url() -> Iterator[str | None]:
     if url:
         yield url
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if find_redis_server() is None:
         yield None
         return
-    with tempfile.TemporaryDirectory() as directory:
-        server = RedisServer(binary, directory)
-        server.start()
-        try:
-            yield server.url
-        finally:
-            server.stop()
+    with temporary_redis_server() as server:
+        yield server.url
 
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own, which it may stop and start."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if find_redis_server() is None:
         missing_server("redis-server is not installed")
-    assert binary is not None
-    server = RedisServer(binary, str(tmp_path))
-    server.start()
-    try:
+    with RedisServer(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -175,24 +109,26 @@ def redis_url(redis_server_url: str | None) -> str:
 
 @pytest.fixture
 def make_app(redis_url: str) -> Iterator[Callable[..., Flask]]:
-    """Build Flask apps set up with messaging on the test Redis."""
+    """Build Flask apps set up with messaging on the test Redis (and ``db``)."""
     apps: list[Flask] = []
 
     def make(
-        messaging: Messaging | None = None, db: Any = None, **config: Any
+        messaging: Messaging | None = None, db: SQLAlchemy | None = None, **config: Any
     ) -> Flask:
-        app = Flask(f"test_app_{len(apps)}")
-        app.config.update(
-            SECRET_KEY="test secret",
-            MESSAGING_REDIS_URL=redis_url,
-            MESSAGING_ASYNC=True,
-            MESSAGING_RETRY=0,
-            # Tests drain the queues with workers of their own; on the embedded
-            # fallback a worker thread would race them.
-            MESSAGING_EMBEDDED_WORKER=redis_url != "memory://",
+        app = build_app(
+            f"test_app_{len(apps)}",
+            messaging or Messaging(),
+            db,
+            defaults={
+                "MESSAGING_REDIS_URL": redis_url,
+                "MESSAGING_ASYNC": True,
+                "MESSAGING_RETRY": 0,
+                # Tests drain the queues with workers of their own; on the
+                # embedded fallback a worker thread would race them.
+                "MESSAGING_EMBEDDED_WORKER": redis_url != "memory://",
+            },
+            **config,
         )
-        app.config.update(config)
-        (messaging or Messaging()).init_app(app, db=db)
         apps.append(app)
         return app
 
@@ -200,6 +136,60 @@ def make_app(redis_url: str) -> Iterator[Callable[..., Flask]]:
     for app in apps:
         state = app.extensions["messaging"]
         state.close()
+
+
+@pytest.fixture
+def fresh_tables() -> Iterator[Callable[[Flask], Flask]]:
+    """Give an app new, empty tables of its Flask-SQLAlchemy ``db``.
+
+    After the test, each such app's messaging state is closed (any embedded
+    worker stopped, the Redis pool emptied), its tables dropped and its
+    engines disposed of.
+    """
+    apps: list[Flask] = []
+
+    def create(app: Flask) -> Flask:
+        db = app.extensions["sqlalchemy"]
+        with app.app_context():
+            db.drop_all()
+            db.create_all()
+        apps.append(app)
+        return app
+
+    yield create
+    while apps:
+        app = apps.pop()
+        get_state(app).close()  # first: a job in hand must not lose its tables
+        db = app.extensions["sqlalchemy"]
+        with app.app_context():
+            db.session.remove()
+            db.drop_all()
+            for engine in db.engines.values():
+                engine.dispose()
+
+
+@pytest.fixture
+def make_tx_app(fresh_tables: Callable[[Flask], Flask]) -> Callable[..., Flask]:
+    """Build ``tests.tx_app`` (or ``factory``, a variant of it) on fresh tables.
+
+    Called as ``make_tx_app(database_url, redis_url, **config)``.
+    """
+
+    def make(
+        database_url: str,
+        redis_url: str,
+        factory: Callable[..., Flask] = tx_app.create_app,
+        **config: Any,
+    ) -> Flask:
+        return fresh_tables(
+            factory(
+                SQLALCHEMY_DATABASE_URI=database_url,
+                MESSAGING_REDIS_URL=redis_url,
+                **config,
+            )
+        )
+
+    return make
 
 
 @pytest.fixture
@@ -222,26 +212,10 @@ POSTGRES_DATABASE = os.environ.get(
 @pytest.fixture(scope="session")
 def postgres_server_url() -> str | None:
     """A database of the suite's own on the PostgreSQL server, or None."""
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as connection:
-            exists = connection.execute(
-                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"),
-                {"name": POSTGRES_DATABASE},
-            ).scalar()
-            if not exists:
-                connection.execute(sa.text(f'CREATE DATABASE "{POSTGRES_DATABASE}"'))
+        return postgres_database(POSTGRES_ADMIN_URL, POSTGRES_DATABASE)
     except Exception:
         return None
-    finally:
-        admin.dispose()
-    return (
-        sa.engine.make_url(POSTGRES_ADMIN_URL)
-        .set(database=POSTGRES_DATABASE)
-        .render_as_string(hide_password=False)
-    )
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ other one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -27,6 +27,7 @@ from flask_messaging.transaction import register_event
 
 from .binds_app import Account, AccountNote, Child, Parent, create_app, db, messaging
 from .conftest import POSTGRES_ADMIN_URL, POSTGRES_DATABASE
+from .servers import postgres_database
 
 
 @dataclass(frozen=True)
@@ -44,36 +45,19 @@ def other_database_url(postgres_server_url: str | None) -> str:
     """A second database of the suite's own, beside the first."""
     if postgres_server_url is None:
         pytest.skip("no PostgreSQL server")
-    name = f"{POSTGRES_DATABASE}_b"
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        exists = connection.execute(
-            sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
-        ).scalar()
-        if not exists:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return (
-        sa.engine.make_url(postgres_server_url)
-        .set(database=name)
-        .render_as_string(hide_password=False)
-    )
+    return postgres_database(POSTGRES_ADMIN_URL, f"{POSTGRES_DATABASE}_b")
 
 
 @pytest.fixture
 def app(
-    postgres_url: str, other_database_url: str, real_redis_url: str
+    fresh_tables: Callable[[Flask], Flask],
+    postgres_url: str,
+    other_database_url: str,
+    real_redis_url: str,
 ) -> Iterator[Flask]:
-    app = create_app(postgres_url, other_database_url, real_redis_url)
+    app = fresh_tables(create_app(postgres_url, other_database_url, real_redis_url))
     with app.app_context():
-        db.drop_all()
-        db.create_all()
         yield app
-        db.session.remove()
-        db.drop_all()
-        for engine in db.engines.values():
-            engine.dispose()
-        get_state().redis.close()
 
 
 def outbox_count() -> int:

@@ -25,7 +25,8 @@ from flask import Flask
 from flask_messaging.queue_names import HIGH_PRIORITY
 from flask_messaging.state import get_state
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT
+from .servers import free_port
 from .test_dashboard import publish_notes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

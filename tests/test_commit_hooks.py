@@ -22,23 +22,17 @@ from sqlalchemy.orm import Session
 from flask_messaging.state import get_state
 from flask_messaging.transaction import register_event, transactional
 
-from .tx_app import AuditEntry, User, UserRegistered, create_app, db, received
+from .tx_app import AuditEntry, User, UserRegistered, db, received
 
 
 @pytest.fixture
-def app(database_url: str, real_redis_url: str) -> Iterator[Flask]:
+def app(
+    make_tx_app: Callable[..., Flask], database_url: str, real_redis_url: str
+) -> Iterator[Flask]:
     received.clear()
-    app = create_app(
-        SQLALCHEMY_DATABASE_URI=database_url, MESSAGING_REDIS_URL=real_redis_url
-    )
+    app = make_tx_app(database_url, real_redis_url)
     with app.app_context():
-        db.drop_all()
-        db.create_all()
         yield app
-        db.session.remove()
-        db.drop_all()
-        db.engine.dispose()
-        get_state().redis.close()
 
 
 @pytest.fixture

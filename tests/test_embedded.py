@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from flask import Flask
 from rq.registry import FailedJobRegistry
 
@@ -26,14 +28,21 @@ def wait_for(condition: Callable[[], object], timeout: float = 15) -> None:
         time.sleep(0.02)
 
 
-def test_messages_flow_through_rq_in_a_worker_thread(
-    make_app: Callable[..., Flask],
-) -> None:
-    app = make_app(
+@pytest.fixture
+def make_embedded_app(make_app: Callable[..., Flask]) -> Callable[..., Flask]:
+    """Build the worker app on the in-process Redis, with its worker thread."""
+    return functools.partial(
+        make_app,
         worker_app.messaging,
         MESSAGING_REDIS_URL="memory://",
         MESSAGING_EMBEDDED_WORKER=True,
     )
+
+
+def test_messages_flow_through_rq_in_a_worker_thread(
+    make_embedded_app: Callable[..., Flask],
+) -> None:
+    app = make_embedded_app()
     state = get_state(app)
     assert state.embedded_worker is None  # started by the first job
     with app.app_context():
@@ -51,14 +60,9 @@ def test_messages_flow_through_rq_in_a_worker_thread(
 
 
 def test_retries_with_an_interval_are_scheduled_in_process(
-    make_app: Callable[..., Flask],
+    make_embedded_app: Callable[..., Flask],
 ) -> None:
-    app = make_app(
-        worker_app.messaging,
-        MESSAGING_REDIS_URL="memory://",
-        MESSAGING_EMBEDDED_WORKER=True,
-        MESSAGING_RETRY_INTERVALS=[1],
-    )
+    app = make_embedded_app(MESSAGING_RETRY_INTERVALS=[1])
     state = get_state(app)
     with app.app_context():
         get_message_broker().publish(Boom("later"))

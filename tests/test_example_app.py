@@ -25,7 +25,8 @@ from example_app import DEVELOPMENT_KEY, create_app
 from example_app.extensions import db
 from flask_messaging.state import get_state
 
-from .conftest import ROOT, flask_messaging_command, free_port
+from .conftest import ROOT, flask_messaging_command
+from .servers import free_port
 
 #: What the shop needs besides a real Redis: it has no defaults for them then.
 SECRETS = {
@@ -250,6 +251,21 @@ def http(url: str, payload: dict[str, Any] | None = None) -> Any:
         return None
 
 
+def run_shop_command(
+    command: list[str], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``flask --app example_app COMMAND`` to its end, in exactly ``env`` (and
+    this checkout on ``PYTHONPATH``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "example_app", *command],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def wait_until(condition: Callable[[], object]) -> None:
     # Waits for the processes, does not time them: the bound only ends a run
     # that would otherwise hang.
@@ -277,17 +293,9 @@ def test_the_shop_on_a_real_redis_refuses_the_public_development_defaults(
 ) -> None:
     env = {**os.environ, **SECRETS, "MESSAGING_REDIS_URL": real_redis_url}
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'shop.db'}"
-    env["PYTHONPATH"] = str(ROOT)
     for name in unset:
         env.pop(name)
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "example_app", *command],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_shop_command(command, env)
     assert result.returncode != 0, result.stdout
     assert named in result.stderr
     assert not Redis.from_url(real_redis_url).keys("rq:worker:*")
@@ -325,16 +333,8 @@ def test_a_command_without_its_database_says_so_in_one_line(
         **SECRETS,
         "MESSAGING_REDIS_URL": real_redis_url,
         "DATABASE_URL": url.render_as_string(False),
-        "PYTHONPATH": str(ROOT),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "example_app", *command],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_shop_command(command, env)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert "fm_opsfix_no_such_database" in line

@@ -101,6 +101,28 @@ def publish_with_async_subscriber(app: Flask, message: Message) -> None:
     broker.publish(message)
 
 
+def encode_error(app: Flask, message: Message) -> str:
+    """The one ``MessageEncodeError`` every way to publish ``message`` raises.
+
+    ``NullBroker``, ``TestBroker`` and the app's broker with an async
+    subscriber must each refuse it, alike; the test doubles must record
+    nothing.
+    """
+    null, test = NullBroker(), TestBroker()
+    errors = []
+    for publish in (
+        null.publish,
+        test.publish,
+        lambda m: publish_with_async_subscriber(app, m),
+    ):
+        with pytest.raises(MessageEncodeError) as info:
+            publish(message)
+        errors.append(str(info.value))
+    assert len(set(errors)) == 1, errors
+    assert null.published == [] and test.published == []  # nothing recorded
+    return errors[0]
+
+
 def instance_of(cls: type[Message]) -> Message:
     fields = {f.name: Ratio.HALF for f in dataclasses.fields(cls)}
     return cls(**fields) if cls is Halves else cls(1)  # type: ignore[call-arg]
@@ -134,20 +156,8 @@ def test_a_class_no_worker_could_decode_is_refused_everywhere_alike(
 def test_a_value_that_would_change_is_refused_everywhere_alike(
     app: Flask, make_message: Callable[[], Message]
 ) -> None:
-    message = make_message()
-    null, test = NullBroker(), TestBroker()
-    errors = []
-    for publish in (
-        null.publish,
-        test.publish,
-        lambda m: publish_with_async_subscriber(app, m),
-    ):
-        with pytest.raises(MessageEncodeError) as info:
-            publish(message)
-        errors.append(str(info.value))
-    assert len(set(errors)) == 1, errors
-    assert errors[0].startswith("tests.fidelity.send_notification: field ")
-    assert null.published == [] and test.published == []  # nothing recorded
+    error = encode_error(app, make_message())
+    assert error.startswith("tests.fidelity.send_notification: field ")
     assert get_state(app).redis.keys("rq:job:*") == []
 
 
@@ -678,22 +688,10 @@ REFUSED_TYPED: dict[str, tuple[Callable[[], Typed], str]] = {
 def test_a_value_that_would_change_or_not_encode_is_refused_naming_its_field(
     app: Flask, make_message: Callable[[], Typed], error: str
 ) -> None:
-    message = make_message()
-    null, test = NullBroker(), TestBroker()
-    errors = []
-    for publish in (
-        null.publish,
-        test.publish,
-        lambda m: publish_with_async_subscriber(app, m),
-    ):
-        with pytest.raises(MessageEncodeError) as info:
-            publish(message)
-        errors.append(str(info.value))
-    assert len(set(errors)) == 1, errors
-    assert errors[0].startswith("tests.fidelity.typed: field "), errors[0]
-    assert "SECRET" not in errors[0]  # values in errors end up in logs
-    assert null.published == [] and test.published == []
-    assert re.search(error, errors[0]), errors[0]
+    refused = encode_error(app, make_message())
+    assert refused.startswith("tests.fidelity.typed: field "), refused
+    assert "SECRET" not in refused  # values in errors end up in logs
+    assert re.search(error, refused), refused
 
 
 def test_int_and_enum_values_of_the_declared_builtin_arrive_equal(app: Flask) -> None:

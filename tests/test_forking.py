@@ -25,7 +25,6 @@ def test_reset_after_fork_gives_every_bind_and_redis_a_new_pool_and_closes_nothi
         SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'main.db'}",
         SQLALCHEMY_BINDS={"audit": f"sqlite:///{tmp_path / 'audit.db'}"},
     )
-    db.init_app(app)
     with app.app_context():
         engines = dict(db.engines)
     assert set(engines) == {None, "audit"}

@@ -6,7 +6,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -28,7 +28,7 @@ from flask_messaging.subscription import handler_key
 from flask_messaging.transaction import register_event
 from flask_messaging.worker import make_worker
 
-from .conftest import RedisServer
+from .servers import RedisServer
 
 messaging = Messaging()
 db = SQLAlchemy()
@@ -248,43 +248,31 @@ def test_inline_delivery_on_the_embedded_redis(make_app: Callable[..., Flask]) -
 # Database marks: the mark commits with the handler's effects.
 
 
-_db_apps: list[Flask] = []
-
-
+@pytest.fixture
 def make_db_app(
-    make_app: Callable[..., Flask], database_url: str, redis_url: str
-) -> Flask:
-    app = make_app(
-        Messaging(),
-        db=db,
-        SQLALCHEMY_DATABASE_URI=database_url,
-        MESSAGING_REDIS_URL=redis_url,
-        MESSAGING_OUTBOX_TABLE="test_idempotency_outbox",
-    )
-    db.init_app(app)
-    get_state(app).broker.subscribe_async(Credit, book, queue_name=QUEUE)
-    with app.app_context():
-        db.drop_all()
-        db.create_all()
-    _db_apps.append(app)
-    return app
+    make_app: Callable[..., Flask],
+    fresh_tables: Callable[[Flask], Flask],
+    real_redis_url: str,
+) -> Callable[[str], Flask]:
+    """Build an app of ``db`` on ``database_url`` and Redis, with fresh tables."""
 
+    def make(database_url: str) -> Flask:
+        app = make_app(
+            Messaging(),
+            db=db,
+            SQLALCHEMY_DATABASE_URI=database_url,
+            MESSAGING_REDIS_URL=real_redis_url,
+            MESSAGING_OUTBOX_TABLE="test_idempotency_outbox",
+        )
+        get_state(app).broker.subscribe_async(Credit, book, queue_name=QUEUE)
+        return fresh_tables(app)
 
-@pytest.fixture(autouse=True)
-def drop_tables() -> Iterator[None]:
-    yield
-    while _db_apps:
-        with _db_apps.pop().app_context():
-            db.session.remove()
-            db.drop_all()
-            db.engine.dispose()
+    return make
 
 
 @pytest.fixture
-def db_app(
-    make_app: Callable[..., Flask], database_url: str, real_redis_url: str
-) -> Flask:
-    return make_db_app(make_app, database_url, real_redis_url)
+def db_app(make_db_app: Callable[[str], Flask], database_url: str) -> Flask:
+    return make_db_app(database_url)
 
 
 def deliver_book(app: Flask, data: bytes) -> None:
@@ -351,9 +339,9 @@ def wait_until(condition: Callable[[], bool], what: str, limit: float = 30) -> N
 
 
 def test_concurrent_deliveries_wait_on_the_mark_then_skip(
-    make_app: Callable[..., Flask], postgres_url: str, real_redis_url: str
+    make_db_app: Callable[[str], Flask], postgres_url: str
 ) -> None:
-    app = make_db_app(make_app, postgres_url, real_redis_url)
+    app = make_db_app(postgres_url)
     data = encode(Credit("a", 7)).data
     inside, release = threading.Event(), threading.Event()
     ran: list[str] = []

@@ -26,8 +26,9 @@ from flask_messaging.transaction import register_event, transactional
 from flask_messaging.worker import make_worker
 
 from . import tx_app, worker_app
-from .conftest import RedisServer, flask_messaging_command, free_port
+from .conftest import flask_messaging_command
 from .reliability.harness import wait_until
+from .servers import RedisServer, free_port
 from .test_security import drain
 from .worker_app import Ping, handled
 
@@ -75,8 +76,7 @@ def test_a_worker_registers_again_after_a_redis_restart(
     wait_until(lambda: registered_workers(redis), "the worker to register")
     (name,) = [w.name for w in registered_workers(redis)]
 
-    private_redis.stop()  # no persistence: the worker's records are gone
-    private_redis.start()
+    private_redis.restart()  # no persistence: the worker's records are gone
     wait_until(lambda: registered_workers(redis), "the worker to register again")
     assert [w.name for w in registered_workers(redis)] == [name]
     assert process.poll() is None

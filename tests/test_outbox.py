@@ -20,46 +20,20 @@ from flask_messaging.queue_names import LOW_PRIORITY
 from flask_messaging.state import get_state
 from flask_messaging.transaction import register_event
 
-from .conftest import ROOT, RedisServer, flask_messaging_command
-from .tx_app import User, UserRegistered, create_app, db
+from .conftest import ROOT, flask_messaging_command
+from .servers import RedisServer
+from .tx_app import User, UserRegistered, db
 from .worker_app import handled
 
-_apps: list[Flask] = []
-
-
-def make(
-    database_url: str,
-    redis_url: str,
-    factory: Callable[..., Flask] = create_app,
-    **config: object,
-) -> Flask:
-    """An app of ``factory`` on fresh tables, dropped again after the test."""
-    app = factory(
-        SQLALCHEMY_DATABASE_URI=database_url, MESSAGING_REDIS_URL=redis_url, **config
-    )
-    with app.app_context():
-        db.drop_all()
-        db.create_all()
-    _apps.append(app)
-    return app
-
-
-@pytest.fixture(autouse=True)
-def cleanup() -> Iterator[None]:
-    yield
-    while _apps:
-        app = _apps.pop()
-        with app.app_context():
-            db.session.remove()
-            db.drop_all()
-            db.engine.dispose()
-        state = get_state(app)
-        state.close()
+MakeApp = Callable[..., Flask]
+TX_APP = "tests.tx_app:create_app"
 
 
 @pytest.fixture
-def app(database_url: str, real_redis_url: str) -> Iterator[Flask]:
-    app = make(database_url, real_redis_url)
+def app(
+    make_tx_app: MakeApp, database_url: str, real_redis_url: str
+) -> Iterator[Flask]:
+    app = make_tx_app(database_url, real_redis_url)
     with app.app_context():
         yield app
 
@@ -85,11 +59,35 @@ def queued(redis: Redis, queue: str = LOW_PRIORITY) -> int:
     return Queue(queue, connection=redis).count
 
 
+class _quiet:
+    """Silence the expected "wait in the outbox" warnings."""
+
+    def __enter__(self) -> None:
+        logging.getLogger("flask_messaging").disabled = True
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("flask_messaging").disabled = False
+
+
+def commit_while_redis_is_down(app: Flask, redis: RedisServer, users: int) -> None:
+    """Commit ``users`` sign-ups while ``redis`` is down, then start it again.
+
+    Their rows wait in the outbox for a relay; Redis comes back empty.
+    """
+    redis.stop()
+    with app.app_context():
+        with _quiet():
+            register_users(users)
+        db.session.remove()
+    redis.start()
+
+
 def flask(
-    database_url: str, redis_url: str, *args: str, **env: str
+    database_url: str, redis_url: str, *args: str, app: str = TX_APP, **env: str
 ) -> subprocess.CompletedProcess[str]:
+    """``flask --app APP messaging ARGS`` on the database and Redis, to its end."""
     process = flask_messaging_command(
-        "tests.tx_app:create_app",
+        app,
         *args,
         env={"DATABASE_URL": database_url, "MESSAGING_REDIS_URL": redis_url, **env},
         stdout=subprocess.PIPE,
@@ -123,9 +121,12 @@ def test_rolled_back_events_leave_no_row_and_no_job(app: Flask) -> None:
 
 
 def test_redis_down_at_commit_then_relay_then_worker(
-    database_url: str, private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+    make_tx_app: MakeApp,
+    database_url: str,
+    private_redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app = make(database_url, private_redis.url)
+    app = make_tx_app(database_url, private_redis.url)
     private_redis.stop()
     with app.app_context():
         with caplog.at_level(logging.WARNING, "flask_messaging"):
@@ -169,9 +170,9 @@ raise SystemExit("not reached")
 
 
 def test_process_killed_right_after_commit_loses_nothing(
-    database_url: str, real_redis_url: str
+    make_tx_app: MakeApp, database_url: str, real_redis_url: str
 ) -> None:
-    app = make(database_url, real_redis_url)
+    app = make_tx_app(database_url, real_redis_url)
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -196,19 +197,14 @@ def test_process_killed_right_after_commit_loses_nothing(
 
 
 def test_two_relays_at_once_enqueue_each_job_once(
-    postgres_url: str, private_redis: RedisServer
+    make_tx_app: MakeApp, postgres_url: str, private_redis: RedisServer
 ) -> None:
     database_url = postgres_url  # SQLite supports one relay at a time
-    app = make(database_url, private_redis.url, MESSAGING_RELAY_BATCH_SIZE=100)
-    private_redis.stop()
-    with app.app_context():
-        with _quiet():
-            register_users(1000)
-        db.session.remove()
-    private_redis.start()
+    app = make_tx_app(database_url, private_redis.url, MESSAGING_RELAY_BATCH_SIZE=100)
+    commit_while_redis_is_down(app, private_redis, 1000)
     relays = [
         flask_messaging_command(
-            "tests.tx_app:create_app",
+            TX_APP,
             "relay",
             "--once",
             env={
@@ -232,25 +228,12 @@ def test_two_relays_at_once_enqueue_each_job_once(
         assert all(row.relayed_at is not None for row in outbox_rows())
 
 
-class _quiet:
-    """Silence the expected "wait in the outbox" warnings."""
-
-    def __enter__(self) -> None:
-        logging.getLogger("flask_messaging").disabled = True
-
-    def __exit__(self, *exc: object) -> None:
-        logging.getLogger("flask_messaging").disabled = False
-
-
 def test_a_second_pass_over_the_same_rows_enqueues_nothing(
-    database_url: str, private_redis: RedisServer
+    make_tx_app: MakeApp, database_url: str, private_redis: RedisServer
 ) -> None:
-    app = make(database_url, private_redis.url)
-    private_redis.stop()
+    app = make_tx_app(database_url, private_redis.url)
+    commit_while_redis_is_down(app, private_redis, 3)
     with app.app_context():
-        with _quiet():
-            register_users(3)
-        private_redis.start()
         relay = Relay(get_state())
         assert relay.run_once() == 3
         # A relay that died after enqueueing, before its commit: rows pending again.
@@ -284,9 +267,12 @@ def test_ten_thousand_events_in_one_transaction(app: Flask) -> None:
 
 
 def test_outbox_off_enqueues_after_commit_and_logs_failures(
-    database_url: str, private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+    make_tx_app: MakeApp,
+    database_url: str,
+    private_redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app = make(database_url, private_redis.url, MESSAGING_OUTBOX=False)
+    app = make_tx_app(database_url, private_redis.url, MESSAGING_OUTBOX=False)
     with app.app_context():
         assert get_state().outbox is None
         register_users(2)
@@ -327,9 +313,9 @@ def test_undecodable_rows_back_off_without_blocking_others(app: Flask) -> None:
 
 
 def test_relayed_rows_are_pruned_after_the_retention(
-    database_url: str, real_redis_url: str
+    make_tx_app: MakeApp, database_url: str, real_redis_url: str
 ) -> None:
-    app = make(database_url, real_redis_url, MESSAGING_OUTBOX_RETENTION=0)
+    app = make_tx_app(database_url, real_redis_url, MESSAGING_OUTBOX_RETENTION=0)
     with app.app_context():
         register_users(2)
         relay = Relay(get_state())
@@ -338,19 +324,24 @@ def test_relayed_rows_are_pruned_after_the_retention(
         assert outbox_rows() == []
 
 
-def test_relay_without_an_outbox_is_a_clear_error(real_redis_url: str) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [("relay", "--once"), ("worker", "--burst", "--relay")],
+    ids=["relay", "worker-relay"],
+)
+def test_relaying_without_an_outbox_is_a_clear_error(
+    real_redis_url: str, command: tuple[str, ...]
+) -> None:
     process = flask_messaging_command(
         "tests.worker_app:create_app",
-        "relay",
-        "--once",
+        *command,
         env={"MESSAGING_REDIS_URL": real_redis_url},
         stderr=subprocess.PIPE,
     )
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 2
-    result = subprocess.CompletedProcess(process.args, 2, "", stderr)
-    assert "bind a database" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "bind a database" in stderr
+    assert "Traceback" not in stderr
 
 
 def test_relay_says_how_to_create_a_missing_table(app: Flask) -> None:
@@ -360,15 +351,10 @@ def test_relay_says_how_to_create_a_missing_table(app: Flask) -> None:
 
 
 def test_worker_relays_the_outbox_before_a_burst(
-    database_url: str, private_redis: RedisServer
+    make_tx_app: MakeApp, database_url: str, private_redis: RedisServer
 ) -> None:
-    app = make(database_url, private_redis.url)
-    private_redis.stop()
-    with app.app_context():
-        with _quiet():
-            register_users(2)
-        db.session.remove()
-    private_redis.start()
+    app = make_tx_app(database_url, private_redis.url)
+    commit_while_redis_is_down(app, private_redis, 2)
     worker = flask(database_url, private_redis.url, "worker", "--burst", "--relay")
     assert worker.returncode == 0, worker.stderr
     redis = Redis.from_url(private_redis.url)
@@ -377,17 +363,3 @@ def test_worker_relays_the_outbox_before_a_burst(
         "u1@example.com",
     ]
     redis.close()
-
-
-def test_worker_relay_needs_an_outbox(real_redis_url: str) -> None:
-    process = flask_messaging_command(
-        "tests.worker_app:create_app",
-        "worker",
-        "--burst",
-        "--relay",
-        env={"MESSAGING_REDIS_URL": real_redis_url},
-        stderr=subprocess.PIPE,
-    )
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 2
-    assert "bind a database" in stderr

@@ -24,13 +24,15 @@ from flask_messaging.cli import _describe_backlog
 from flask_messaging.outbox import BACKLOG_LISTED_READ, RELAYED_KEY, Relay, utcnow
 from flask_messaging.state import get_state
 
-from .conftest import ROOT, RedisServer, flask_messaging_command
+from .conftest import ROOT, flask_messaging_command
+from .servers import RedisServer
 from .test_outbox import (
     KILL_AFTER_COMMIT,
+    TX_APP,
+    MakeApp,
     _quiet,
-    cleanup,  # noqa: F401  (drops the tables of the apps made here)
+    commit_while_redis_is_down,
     flask,
-    make,
     outbox_rows,
     register_users,
 )
@@ -44,26 +46,21 @@ DELAY = {"FLASK_MESSAGING_RELAY_DELAY": "10"}
 
 
 def test_relay_once_right_after_an_outage_relays_the_rows_left_behind(
-    database_url: str, private_redis: RedisServer
+    make_tx_app: MakeApp, database_url: str, private_redis: RedisServer
 ) -> None:
-    app = make(database_url, private_redis.url, MESSAGING_RELAY_DELAY=10)
-    private_redis.stop()
-    with app.app_context():
-        with _quiet():
-            register_users(3)
-        db.session.remove()
-    private_redis.start()
+    app = make_tx_app(database_url, private_redis.url, MESSAGING_RELAY_DELAY=10)
+    commit_while_redis_is_down(app, private_redis, 3)
     relay = flask(database_url, private_redis.url, "relay", "--once", **DELAY)
     assert relay.returncode == 0, relay.stderr
     assert relay.stdout.strip() == "Relayed 3 message(s)."
 
 
 def test_relay_once_says_what_it_left_and_when_it_is_due(
-    database_url: str, real_redis_url: str
+    make_tx_app: MakeApp, database_url: str, real_redis_url: str
 ) -> None:
     # A process dies right after its commit: its rows are not due for
     # MESSAGING_RELAY_DELAY, in case it was only slow.
-    app = make(database_url, real_redis_url)
+    app = make_tx_app(database_url, real_redis_url)
     died = subprocess.run(
         [sys.executable, "-c", KILL_AFTER_COMMIT],
         env={
@@ -108,9 +105,9 @@ def commit_cut_off(database_url: str, count: int, start: int) -> None:
 
 
 def test_status_tells_waiting_rows_from_rows_enqueued_at_commit(
-    database_url: str, real_redis_url: str
+    make_tx_app: MakeApp, database_url: str, real_redis_url: str
 ) -> None:
-    app = make(database_url, real_redis_url)
+    app = make_tx_app(database_url, real_redis_url)
     with app.app_context():
         register_users(2)  # enqueued at commit; no relay has marked them
         db.session.remove()
@@ -138,9 +135,11 @@ def test_status_tells_waiting_rows_from_rows_enqueued_at_commit(
 
 
 def test_the_messaging_page_shows_waiting_enqueued_and_the_oldest_age(
-    database_url: str, real_redis_url: str
+    make_tx_app: MakeApp, database_url: str, real_redis_url: str
 ) -> None:
-    app = make(database_url, real_redis_url, MESSAGING_DASHBOARD_AUTH=("admin", "pw"))
+    app = make_tx_app(
+        database_url, real_redis_url, MESSAGING_DASHBOARD_AUTH=("admin", "pw")
+    )
     with app.app_context():
         register_users(1)
         db.session.remove()
@@ -153,15 +152,10 @@ def test_the_messaging_page_shows_waiting_enqueued_and_the_oldest_age(
 
 
 def test_the_worker_relays_by_default_and_not_with_no_relay(
-    database_url: str, private_redis: RedisServer
+    make_tx_app: MakeApp, database_url: str, private_redis: RedisServer
 ) -> None:
-    app = make(database_url, private_redis.url)
-    private_redis.stop()
-    with app.app_context():
-        with _quiet():
-            register_users(2)
-        db.session.remove()
-    private_redis.start()
+    app = make_tx_app(database_url, private_redis.url)
+    commit_while_redis_is_down(app, private_redis, 2)
     redis = Redis.from_url(private_redis.url)
     opted_out = flask(
         database_url, private_redis.url, "worker", "--burst", "--no-relay"
@@ -182,14 +176,14 @@ def test_the_worker_relays_by_default_and_not_with_no_relay(
 
 
 def test_a_running_worker_marks_and_prunes_the_outbox(
-    database_url: str, real_redis_url: str
+    make_tx_app: MakeApp, database_url: str, real_redis_url: str
 ) -> None:
-    app = make(database_url, real_redis_url, MESSAGING_OUTBOX_RETENTION=0)
+    app = make_tx_app(database_url, real_redis_url, MESSAGING_OUTBOX_RETENTION=0)
     with app.app_context():
         register_users(3)  # enqueued at commit
         db.session.remove()
     worker = flask_messaging_command(
-        "tests.tx_app:create_app",
+        TX_APP,
         "worker",
         env={
             "DATABASE_URL": database_url,
@@ -227,17 +221,19 @@ def test_a_worker_refuses_to_start_without_the_outbox_table(
 
 
 @pytest.fixture
-def app_without_tables(database_url: str, real_redis_url: str) -> Flask:
-    app = make(database_url, real_redis_url)
+def app_without_tables(
+    make_tx_app: MakeApp, database_url: str, real_redis_url: str
+) -> Flask:
+    app = make_tx_app(database_url, real_redis_url)
     with app.app_context():
         db.drop_all()
     return app
 
 
 def test_the_backlog_is_still_counted_when_redis_cannot_be_read(
-    database_url: str, private_redis: RedisServer
+    make_tx_app: MakeApp, database_url: str, private_redis: RedisServer
 ) -> None:
-    app = make(
+    app = make_tx_app(
         database_url, private_redis.url, MESSAGING_DASHBOARD_AUTH=("admin", "pw")
     )
     with app.app_context():
@@ -258,14 +254,14 @@ def test_the_backlog_is_still_counted_when_redis_cannot_be_read(
 
 
 def test_the_backlog_reads_a_bounded_part_of_a_long_list(
-    database_url: str, real_redis_url: str
+    make_tx_app: MakeApp, database_url: str, real_redis_url: str
 ) -> None:
     # Rows enqueued at commit and never marked (no relay for a while), more
     # than the backlog reads, and one row nobody enqueued, the newest. Before,
     # the whole list was read and every listed row paged through (1.8 s with
     # 50,000 rows): 14 queries for 3 times the bound; now at most 4.
     listed = 3 * BACKLOG_LISTED_READ
-    app = make(database_url, real_redis_url)
+    app = make_tx_app(database_url, real_redis_url)
     with app.app_context():
         state = get_state()
         table = state.outbox

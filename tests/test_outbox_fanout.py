@@ -9,10 +9,12 @@ was stored are still relayed, and a relay of that version leaves new rows.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,41 +26,61 @@ from flask_messaging.outbox import RELAYED_KEY, Relay, available_at
 from flask_messaging.queue_names import LOW_PRIORITY
 from flask_messaging.state import get_state
 
-from .conftest import ROOT, RedisServer, flask_messaging_command
+from .conftest import ROOT
+from .servers import RedisServer
 from .skew_app import ARCHIVE_KEY
 from .skew_app import create_app as create_skew_app
-
-# cleanup: the autouse fixture that drops what make_app made.
-from .test_outbox import _quiet, cleanup, outbox_rows, queued, register_users  # noqa: F401
-from .test_outbox import make as make_app
+from .test_outbox import (
+    MakeApp,
+    _quiet,
+    commit_while_redis_is_down,
+    flask,
+    outbox_rows,
+    queued,
+    register_users,
+)
 from .tx_app import User, UserRegistered, db
 from .worker_app import handled
 
 WELCOME_KEY = "tests.tx_app:welcome"
 
-
-def make(database_url: str, redis_url: str, **config: object) -> Flask:
-    return make_app(database_url, redis_url, factory=create_skew_app, **config)
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def run(
-    database_url: str, redis_url: str, *args: str, newer: bool
-) -> subprocess.CompletedProcess[str]:
-    """``flask messaging ARGS`` on the newer or the older version of the app."""
-    process = flask_messaging_command(
-        "tests.skew_app:create_app",
-        *args,
-        env={
-            "DATABASE_URL": database_url,
-            "MESSAGING_REDIS_URL": redis_url,
-            "SKEW_APP_NEWER": "1" if newer else "0",
-            "FLASK_MESSAGING_RELAY_DELAY": "10",
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    stdout, stderr = process.communicate(timeout=120)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+@pytest.fixture
+def make_skew_app(make_tx_app: MakeApp) -> MakeApp:
+    """``make_tx_app`` of the skew app, older unless ``SKEW_APP_NEWER=1``."""
+    return functools.partial(make_tx_app, factory=create_skew_app)
+
+
+@pytest.fixture
+def newer_app(
+    make_skew_app: MakeApp,
+    postgres_url: str,
+    private_redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Flask:
+    """The newer version of the app, on PostgreSQL and the test's own Redis."""
+    monkeypatch.setenv("SKEW_APP_NEWER", "1")
+    return make_skew_app(postgres_url, private_redis.url, MESSAGING_RELAY_DELAY=10)
+
+
+@pytest.fixture
+def run(postgres_url: str, private_redis: RedisServer) -> Run:
+    """``run(*ARGS, newer=...)``: ``flask messaging ARGS`` on the newer or the
+    older version of the app, on PostgreSQL and the test's own Redis."""
+
+    def run(*args: str, newer: bool) -> subprocess.CompletedProcess[str]:
+        return flask(
+            postgres_url,
+            private_redis.url,
+            *args,
+            app="tests.skew_app:create_app",
+            SKEW_APP_NEWER="1" if newer else "0",
+            FLASK_MESSAGING_RELAY_DELAY="10",
+        )
+
+    return run
 
 
 def make_all_due() -> None:
@@ -73,23 +95,14 @@ def make_all_due() -> None:
 
 
 def test_an_older_relay_leaves_a_row_with_a_subscriber_it_lacks(
-    postgres_url: str,
-    private_redis: RedisServer,
-    monkeypatch: pytest.MonkeyPatch,
+    newer_app: Flask, private_redis: RedisServer, run: Run
 ) -> None:
     # Newer code commits while Redis is down; an older relay runs first; then
     # the newer relay and a worker. The new subscriber must get the event,
     # and the one both have must not wait for it, nor run twice.
-    monkeypatch.setenv("SKEW_APP_NEWER", "1")
-    app = make(postgres_url, private_redis.url, MESSAGING_RELAY_DELAY=10)
-    private_redis.stop()
-    with app.app_context():
-        with _quiet():
-            register_users(1)
-        db.session.remove()
-    private_redis.start()
+    commit_while_redis_is_down(newer_app, private_redis, 1)
 
-    older = run(postgres_url, private_redis.url, "relay", "--once", newer=False)
+    older = run("relay", "--once", newer=False)
     assert older.returncode == 0, older.stderr
     assert "Relayed 1 message(s)." in older.stdout
     assert "1 backing off after failed attempts" in older.stdout
@@ -100,7 +113,7 @@ def test_an_older_relay_leaves_a_row_with_a_subscriber_it_lacks(
     assert "Next due in" in older.stdout
     redis = Redis.from_url(private_redis.url)
     assert queued(redis) == 1  # the subscriber it knows does not wait
-    with app.app_context():
+    with newer_app.app_context():
         (row,) = outbox_rows()
         assert row.relayed_at is None and row.attempts == 1
         assert ARCHIVE_KEY in row.last_error
@@ -110,69 +123,43 @@ def test_an_older_relay_leaves_a_row_with_a_subscriber_it_lacks(
         }
         make_all_due()
 
-    newer = run(postgres_url, private_redis.url, "relay", "--once", newer=True)
+    newer = run("relay", "--once", newer=True)
     assert newer.returncode == 0, newer.stderr
     assert "Relayed 1 message(s)." in newer.stdout
     assert queued(redis) == 2
-    with app.app_context():
+    with newer_app.app_context():
         (row,) = outbox_rows()
         assert row.relayed_at is not None
-    worker = run(
-        postgres_url, private_redis.url, "worker", "--burst", "--no-relay", newer=True
-    )
+    worker = run("worker", "--burst", "--no-relay", newer=True)
     assert worker.returncode == 0, worker.stderr
     assert sorted(e["handler"] for e in handled(redis)) == ["archive", "welcome"]
     redis.close()
 
 
 def test_a_subscriber_removed_from_the_code_is_dropped_by_the_operator(
-    postgres_url: str,
-    private_redis: RedisServer,
-    monkeypatch: pytest.MonkeyPatch,
+    newer_app: Flask, private_redis: RedisServer, run: Run
 ) -> None:
     # Code with the archive subscriber commits while Redis is down; the code
     # deployed next has removed it. Before, the row blocked 'welcome' too,
     # for ever, and no command could release it.
-    monkeypatch.setenv("SKEW_APP_NEWER", "1")
-    app = make(postgres_url, private_redis.url, MESSAGING_RELAY_DELAY=10)
-    private_redis.stop()
-    with app.app_context():
-        with _quiet():
-            register_users(2)
-        db.session.remove()
-    private_redis.start()
-    relay = run(postgres_url, private_redis.url, "relay", "--once", newer=False)
+    commit_while_redis_is_down(newer_app, private_redis, 2)
+    relay = run("relay", "--once", newer=False)
     assert "Relayed 2 message(s)." in relay.stdout, relay.stderr
-    listed = run(postgres_url, private_redis.url, "outbox", "list", newer=False)
+    listed = run("outbox", "list", newer=False)
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.count(f"waits for {ARCHIVE_KEY};") == 2
-    dry = run(
-        postgres_url,
-        private_redis.url,
-        "outbox",
-        "drop-subscriber",
-        ARCHIVE_KEY,
-        "--dry-run",
-        newer=False,
-    )
+    dry = run("outbox", "drop-subscriber", ARCHIVE_KEY, "--dry-run", newer=False)
     assert f"Would drop {ARCHIVE_KEY!r} from 2 pending row(s)." in dry.stdout
-    with app.app_context():
+    with newer_app.app_context():
         assert [r.relayed_at for r in outbox_rows()] == [None, None]
-    dropped = run(
-        postgres_url,
-        private_redis.url,
-        "outbox",
-        "drop-subscriber",
-        ARCHIVE_KEY,
-        newer=False,
-    )
+    dropped = run("outbox", "drop-subscriber", ARCHIVE_KEY, newer=False)
     assert dropped.returncode == 0, dropped.stderr
     assert f"Dropped {ARCHIVE_KEY!r} from 2 pending row(s)." in dropped.stdout
-    with app.app_context():
+    with newer_app.app_context():
         assert all(r.relayed_at is not None for r in outbox_rows())
-    listed = run(postgres_url, private_redis.url, "outbox", "list", newer=False)
+    listed = run("outbox", "list", newer=False)
     assert "No outbox row has failed to relay." in listed.stdout
-    worker = run(postgres_url, private_redis.url, "worker", "--burst", newer=False)
+    worker = run("worker", "--burst", newer=False)
     assert worker.returncode == 0, worker.stderr
     redis = Redis.from_url(private_redis.url)
     assert sorted(e["handler"] for e in handled(redis)) == ["welcome", "welcome"]
@@ -180,56 +167,31 @@ def test_a_subscriber_removed_from_the_code_is_dropped_by_the_operator(
 
 
 def test_an_operator_discards_a_row(
-    postgres_url: str,
-    private_redis: RedisServer,
-    monkeypatch: pytest.MonkeyPatch,
+    newer_app: Flask, private_redis: RedisServer, run: Run
 ) -> None:
-    monkeypatch.setenv("SKEW_APP_NEWER", "1")
-    app = make(postgres_url, private_redis.url, MESSAGING_RELAY_DELAY=10)
-    private_redis.stop()
-    with app.app_context():
-        with _quiet():
-            register_users(1)
-        db.session.remove()
+    commit_while_redis_is_down(newer_app, private_redis, 1)
+    with newer_app.app_context():
         (row,) = outbox_rows()
-    private_redis.start()
-    missing = run(
-        postgres_url, private_redis.url, "outbox", "discard", "nope", newer=False
-    )
+    missing = run("outbox", "discard", "nope", newer=False)
     assert missing.returncode != 0
     assert "No pending outbox row 'nope'" in missing.stderr
-    dry = run(
-        postgres_url,
-        private_redis.url,
-        "outbox",
-        "discard",
-        row.message_id,
-        "--dry-run",
-        newer=False,
-    )
+    dry = run("outbox", "discard", row.message_id, "--dry-run", newer=False)
     assert f"Would discard {row.message_id}." in dry.stdout, dry.stderr
-    with app.app_context():
+    with newer_app.app_context():
         assert outbox_rows()[0].relayed_at is None
-    done = run(
-        postgres_url,
-        private_redis.url,
-        "outbox",
-        "discard",
-        row.message_id,
-        newer=False,
-    )
+    done = run("outbox", "discard", row.message_id, newer=False)
     assert f"Discarded {row.message_id}." in done.stdout, done.stderr
-    with app.app_context():
+    with newer_app.app_context():
         assert outbox_rows()[0].relayed_at is not None
-    relay = run(postgres_url, private_redis.url, "relay", "--once", newer=False)
+    relay = run("relay", "--once", newer=False)
     assert "Relayed 0 message(s)." in relay.stdout
 
 
 def test_the_relay_delivers_the_stored_list_not_its_own_predicates(
-    database_url: str, private_redis: RedisServer
+    make_skew_app: MakeApp, database_url: str, private_redis: RedisServer
 ) -> None:
     wanted: list[int] = [1]
-    app = make(database_url, private_redis.url)
+    app = make_skew_app(database_url, private_redis.url)
     with app.app_context():
         get_state().broker.subscribe_async(
             UserRegistered,
@@ -259,14 +221,12 @@ def record_picky(event: UserRegistered) -> None:
 
 
 def test_rows_written_without_a_stored_list_are_relayed_to_this_apps_subscribers(
-    database_url: str, private_redis: RedisServer
+    make_skew_app: MakeApp, database_url: str, private_redis: RedisServer
 ) -> None:
     # Rows committed by a version before the fan-out was stored have NULL.
-    app = make(database_url, private_redis.url)
-    private_redis.stop()
+    app = make_skew_app(database_url, private_redis.url)
+    commit_while_redis_is_down(app, private_redis, 1)
     with app.app_context():
-        with _quiet():
-            register_users(1)
         table = get_state().outbox
         # As that version wrote them: available_at not shifted.
         db.session.execute(
@@ -275,16 +235,15 @@ def test_rows_written_without_a_stored_list_are_relayed_to_this_apps_subscribers
             )
         )
         db.session.commit()
-        private_redis.start()
         assert Relay(get_state()).run_once() == 1
         assert queued(get_state().redis) == 1  # welcome, this app's subscriber
         assert outbox_rows()[0].relayed_at is not None
 
 
 def test_a_failed_enqueue_at_commit_makes_its_rows_due_at_once(
-    database_url: str, private_redis: RedisServer
+    make_skew_app: MakeApp, database_url: str, private_redis: RedisServer
 ) -> None:
-    app = make(database_url, private_redis.url, MESSAGING_RELAY_DELAY=3600)
+    app = make_skew_app(database_url, private_redis.url, MESSAGING_RELAY_DELAY=3600)
     with app.app_context():
         register_users(1)  # enqueued at commit: left to this process
         private_redis.stop()
@@ -304,9 +263,9 @@ def test_a_failed_enqueue_at_commit_makes_its_rows_due_at_once(
 
 
 def test_a_table_without_the_subscribers_column_gets_the_migration_to_run(
-    database_url: str, real_redis_url: str
+    make_skew_app: MakeApp, database_url: str, real_redis_url: str
 ) -> None:
-    app = make(database_url, real_redis_url)
+    app = make_skew_app(database_url, real_redis_url)
     with app.app_context():
         table = get_state().outbox
         with db.engine.begin() as connection:
@@ -327,9 +286,9 @@ def test_a_table_without_the_subscribers_column_gets_the_migration_to_run(
 
 
 def test_a_commit_without_the_outbox_table_says_how_to_create_it(
-    database_url: str, real_redis_url: str
+    make_skew_app: MakeApp, database_url: str, real_redis_url: str
 ) -> None:
-    app = make(database_url, real_redis_url)
+    app = make_skew_app(database_url, real_redis_url)
     with app.app_context():
         get_state().outbox.drop(db.engine)
         with pytest.raises(RuntimeError, match="does not exist: create it once"):
@@ -358,18 +317,16 @@ def version_before_the_column(tmp_path: Path) -> Path:
 
 
 def test_a_relay_of_the_version_before_the_column_leaves_new_rows(
-    postgres_url: str, private_redis: RedisServer, version_before_the_column: Path
+    make_skew_app: MakeApp,
+    postgres_url: str,
+    private_redis: RedisServer,
+    version_before_the_column: Path,
 ) -> None:
     # Before, that relay enqueued the row for its own subscribers (dropping
     # those it lacks) and marked it relayed. Now it sees the row as not due;
     # this version's relay delivers it.
-    app = make(postgres_url, private_redis.url)
-    private_redis.stop()
-    with app.app_context():
-        with _quiet():
-            register_users(1)
-        db.session.remove()
-    private_redis.start()
+    app = make_skew_app(postgres_url, private_redis.url)
+    commit_while_redis_is_down(app, private_redis, 1)
     old = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "tests.tx_app:create_app"]
         + ["messaging", "relay", "--once"],

@@ -29,7 +29,7 @@ from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker
 
 from . import worker_app
-from .conftest import RedisServer, free_port
+from .servers import RedisServer, free_port
 from .test_cli import run
 from .test_dashboard import AUTH, SAME_ORIGIN, Jobs, basic, page_paths, page_routes
 from .worker_app import Boom

@@ -8,7 +8,7 @@ The first group ports Django's ``transaction.on_commit`` test suite
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -26,25 +26,17 @@ from flask_messaging import (
 from flask_messaging.state import get_state
 from flask_messaging.transaction import register_event, transactional
 
-from .tx_app import AuditEntry, Noted, User, UserRegistered, create_app, db, received
+from .tx_app import AuditEntry, Noted, User, UserRegistered, db, received
 
 
 @pytest.fixture
-def app(database_url: str, redis_url: str) -> Iterator[Flask]:
+def app(
+    make_tx_app: Callable[..., Flask], database_url: str, redis_url: str
+) -> Iterator[Flask]:
     received.clear()
-    app = create_app(
-        SQLALCHEMY_DATABASE_URI=database_url, MESSAGING_REDIS_URL=redis_url
-    )
+    app = make_tx_app(database_url, redis_url)
     with app.app_context():
-        db.drop_all()
-        db.create_all()
         yield app
-        db.session.remove()
-        db.drop_all()
-        db.engine.dispose()
-    state = get_state(app)
-    if state.embedded_worker is not None:
-        state.embedded_worker.stop()
 
 
 def texts() -> list[str]:

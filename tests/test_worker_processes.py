@@ -62,8 +62,26 @@ def start(tmp_path: Path, real_redis_url: str) -> Iterator[Start]:
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    """The exit app in this process, on the Redis of the workers ``start`` starts."""
+    return exit_app.subscribe(make_app(worker_app.messaging))
+
+
 def workers(redis: Redis) -> list[Worker]:
     return Worker.all(connection=redis, serializer=ReadOnlySerializer)
+
+
+def start_pool(
+    start: Start, redis: Redis
+) -> tuple[subprocess.Popen[str], list[Worker]]:
+    """Start a worker with two children; return it once both children have
+    registered, with them."""
+    process = start("--processes", "2")
+    wait_until(lambda: len(workers(redis)) == 2, "two workers to register")
+    children = workers(redis)
+    start.pids.extend(w.pid for w in children)  # type: ignore[attr-defined]
+    return process, children
 
 
 def publish(app: Flask, message: Exit) -> None:
@@ -72,9 +90,8 @@ def publish(app: Flask, message: Exit) -> None:
 
 
 def test_the_status_of_a_pool_shows_a_child_killed_while_it_stops(
-    make_app: Callable[..., Flask], start: Start
+    app: Flask, start: Start
 ) -> None:
-    app = exit_app.subscribe(make_app(worker_app.messaging))
     redis = get_state(app).redis
     publish(app, Exit("hang"))
     process = start("--processes", "2")
@@ -91,15 +108,10 @@ def test_the_status_of_a_pool_shows_a_child_killed_while_it_stops(
     assert process.wait(60) == 128 + signal.SIGKILL
 
 
-def test_the_children_stop_when_the_parent_is_killed(
-    make_app: Callable[..., Flask], start: Start
-) -> None:
-    app = exit_app.subscribe(make_app(worker_app.messaging))
+def test_the_children_stop_when_the_parent_is_killed(app: Flask, start: Start) -> None:
     redis = get_state(app).redis
-    process = start("--processes", "2")
-    wait_until(lambda: len(workers(redis)) == 2, "two workers to register")
-    pids = [w.pid for w in workers(redis)]
-    start.pids.extend(pids)  # type: ignore[attr-defined]
+    process, children = start_pool(start, redis)
+    pids = [w.pid for w in children]
     process.kill()
     process.wait(30)
     # Warm: each deregisters as it leaves, so status shows no orphan.
@@ -113,9 +125,8 @@ def scheduler_pid(log: Path) -> int | None:
 
 
 def test_the_scheduler_process_stops_when_its_worker_is_killed(
-    make_app: Callable[..., Flask], start: Start, tmp_path: Path
+    app: Flask, start: Start, tmp_path: Path
 ) -> None:
-    app = exit_app.subscribe(make_app(worker_app.messaging))
     redis = get_state(app).redis
     process = start()
     log = tmp_path / "worker-0.log"
@@ -132,14 +143,10 @@ def test_the_scheduler_process_stops_when_its_worker_is_killed(
 
 
 def test_a_child_killed_unasked_is_replaced_and_the_pool_stops_with_0(
-    make_app: Callable[..., Flask], start: Start
+    app: Flask, start: Start
 ) -> None:
-    app = exit_app.subscribe(make_app(worker_app.messaging))
     redis = get_state(app).redis
-    process = start("--processes", "2")
-    wait_until(lambda: len(workers(redis)) == 2, "two workers to register")
-    first = workers(redis)
-    start.pids.extend(w.pid for w in first)  # type: ignore[attr-defined]
+    process, first = start_pool(start, redis)
     os.kill(first[0].pid, signal.SIGKILL)
     # The killed one's record stays until it expires: look for a new pid.
     wait_until(

@@ -7,7 +7,6 @@ its commit) can load it too.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from flask_messaging import Message, Messaging
 from flask_messaging.queue_names import LOW_PRIORITY
 
+from .app_factory import build_app
 from .worker_app import record
 
 db = SQLAlchemy()
@@ -74,18 +74,13 @@ def sqlite_savepoints(engine: sa.Engine) -> None:
 
 
 def create_app(**config: Any) -> Flask:
-    app = Flask("tx_app")
-    app.config.update(
-        SECRET_KEY="test secret",
-        SQLALCHEMY_DATABASE_URI=os.environ.get("DATABASE_URL", "sqlite://"),
-        MESSAGING_REDIS_URL=os.environ.get("MESSAGING_REDIS_URL", "memory://"),
-        MESSAGING_RETRY=0,
-        MESSAGING_RELAY_DELAY=0,
+    app = build_app(
+        "tx_app",
+        messaging,
+        db,
+        defaults={"MESSAGING_RETRY": 0, "MESSAGING_RELAY_DELAY": 0},
+        **config,
     )
-    app.config.from_prefixed_env()  # FLASK_MESSAGING_...=… from other processes
-    app.config.update(config)
-    db.init_app(app)
-    messaging.init_app(app, db=db)
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             sqlite_savepoints(db.engine)

@@ -7,7 +7,6 @@ see it.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 
@@ -15,6 +14,8 @@ from flask import Flask, current_app
 
 from flask_messaging import Message, Messaging, current_envelope
 from flask_messaging.queue_names import HIGH_PRIORITY, LOW_PRIORITY
+
+from .app_factory import build_app
 
 messaging = Messaging()
 
@@ -77,11 +78,4 @@ def on_slow(event: Slow) -> None:
 
 
 def create_app() -> Flask:
-    app = Flask("worker_app")
-    app.config.update(
-        SECRET_KEY="test secret",
-        MESSAGING_REDIS_URL=os.environ.get("MESSAGING_REDIS_URL", "memory://"),
-        MESSAGING_RETRY=0,
-    )
-    messaging.init_app(app)
-    return app
+    return build_app("worker_app", messaging, defaults={"MESSAGING_RETRY": 0})

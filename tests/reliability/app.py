@@ -32,6 +32,7 @@ from flask_messaging import Message, Messaging
 from flask_messaging.idempotency import DatabaseMarks, idempotent
 from flask_messaging.transaction import register_event
 
+from ..app_factory import build_app
 from .history import History
 
 db = SQLAlchemy()
@@ -233,25 +234,18 @@ def crash_after_taking_a_job() -> None:
 
 
 def create_app(**config: Any) -> Flask:
-    app = Flask("reliability_app")
-    app.config.update(
-        SECRET_KEY="reliability secret",
-        SQLALCHEMY_DATABASE_URI=os.environ.get("DATABASE_URL", "sqlite://"),
-        MESSAGING_REDIS_URL=os.environ.get("MESSAGING_REDIS_URL", "memory://"),
-        MESSAGING_OUTBOX_TABLE=OUTBOX_TABLE,
-        MESSAGING_RETRY=5,
-        MESSAGING_RETRY_INTERVALS=[0],
-        MESSAGING_RELAY_DELAY=1,
-        MESSAGING_RELAY_INTERVAL=0.2,
-    )
+    defaults: dict[str, Any] = {
+        "MESSAGING_OUTBOX_TABLE": OUTBOX_TABLE,
+        "MESSAGING_RETRY": 5,
+        "MESSAGING_RETRY_INTERVALS": [0],
+        "MESSAGING_RELAY_DELAY": 1,
+        "MESSAGING_RELAY_INTERVAL": 0.2,
+    }
     if os.environ.get("RELIABILITY_SECOND_BIND"):
-        app.config["SQLALCHEMY_BINDS"] = {
-            SECOND_BIND: app.config["SQLALCHEMY_DATABASE_URI"]
+        defaults["SQLALCHEMY_BINDS"] = {
+            SECOND_BIND: os.environ.get("DATABASE_URL", "sqlite://")
         }
-    app.config.from_prefixed_env()  # FLASK_MESSAGING_...=… from the tests
-    app.config.update(config)
-    db.init_app(app)
-    messaging.init_app(app, db=db)
+    app = build_app("reliability_app", messaging, db, defaults=defaults, **config)
     if os.environ.get("RELIABILITY_FACTORY_TOUCHES_DATABASE"):
         # As many factories do: the pools now hold connections a fork inherits.
         with app.app_context():

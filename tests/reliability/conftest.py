@@ -8,7 +8,6 @@ history of a run is kept on the suite's shared Redis, which no test faults.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,9 @@ import pytest
 from flask import Flask
 from redis import Redis
 
-from flask_messaging.state import get_state
-
-from ..conftest import RedisServer, missing_server
-from .app import create_app, db
+from ..conftest import missing_server
+from ..servers import RedisServer, find_redis_server
+from .app import create_app
 from .harness import Processes
 from .history import History
 
@@ -38,18 +36,12 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own, persisting every write (AOF always)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if find_redis_server() is None:
         missing_server("redis-server is not installed")
-    assert binary is not None
     directory = tmp_path / "redis"
     directory.mkdir()
-    server = RedisServer(binary, str(directory))
-    server.start(*AOF)
-    try:
+    with RedisServer(directory, *AOF) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -64,35 +56,26 @@ def history(real_redis_url: str) -> Iterator[History]:
 
 @pytest.fixture
 def make_rel_app(
-    postgres_url: str, real_redis_url: str
-) -> Iterator[Callable[..., Flask]]:
+    postgres_url: str,
+    real_redis_url: str,
+    fresh_tables: Callable[[Flask], Flask],
+) -> Callable[..., Flask]:
     """Build the reliability app on PostgreSQL, with fresh tables.
 
     ``redis_url`` defaults to the suite's Redis; the tables are dropped after
     the test.
     """
-    apps: list[Flask] = []
 
     def make(redis_url: str | None = None, **config: Any) -> Flask:
-        app = create_app(
-            SQLALCHEMY_DATABASE_URI=postgres_url,
-            MESSAGING_REDIS_URL=redis_url or real_redis_url,
-            **config,
+        return fresh_tables(
+            create_app(
+                SQLALCHEMY_DATABASE_URI=postgres_url,
+                MESSAGING_REDIS_URL=redis_url or real_redis_url,
+                **config,
+            )
         )
-        with app.app_context():
-            db.drop_all()
-            db.create_all()
-        apps.append(app)
-        return app
 
-    yield make
-    for app in apps:
-        with app.app_context():
-            db.session.remove()
-            db.drop_all()
-            db.engine.dispose()
-        state = get_state(app)
-        state.close()
+    return make
 
 
 @pytest.fixture

@@ -11,24 +11,22 @@ import base64
 import json
 import sys
 
-from flask import Flask
-
 from flask_messaging.queue_names import PRIORITY_ORDER
 
 from .. import worker_app
+from ..app_factory import build_app
 
 AUTH = ("admin", "correct horse")
 
 
 def main(url: str, *paths: str) -> None:
-    app = Flask("display")
-    app.config.update(
-        SECRET_KEY="test secret",
+    app = build_app(
+        "display",
+        worker_app.messaging,
         MESSAGING_REDIS_URL=url,
         MESSAGING_QUEUES=list(PRIORITY_ORDER),
         MESSAGING_DASHBOARD_AUTH=AUTH,
     )
-    worker_app.messaging.init_app(app)
     token = base64.b64encode(":".join(AUTH).encode()).decode()
     client = app.test_client()
     for path in paths:

@@ -25,9 +25,8 @@ from collections.abc import Callable
 import pytest
 from flask import Flask
 
-from ..conftest import RedisServer
+from ..servers import RedisServer
 from .app import Work, commit, db, sampled
-from .conftest import AOF
 from .fleet import Fleet, diagnose, reports, wait_for_quiet
 from .harness import Processes, wait_until
 from .history import History
@@ -81,7 +80,7 @@ def restart_after_downtime(server: RedisServer) -> None:
     """SIGTERM (Redis writes its AOF and exits), wait, start on the same port."""
     server.stop()
     time.sleep(DOWNTIME)
-    server.start(*AOF)
+    server.start()
 
 
 def test_redis_restarted_twice_mid_run_loses_nothing(

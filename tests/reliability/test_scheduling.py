@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 
 import pytest
@@ -53,6 +54,21 @@ def scheduler_pid(redis: Redis, name: bytes) -> int:
     return int(pid)
 
 
+def start_two_workers(
+    processes: Processes, redis: Redis
+) -> tuple[subprocess.Popen[str], bytes | None, subprocess.Popen[str]]:
+    """Start a worker, the holder of the scheduler lock, then another.
+
+    :return: the holder, the lock's value (its scheduler), the other worker.
+    """
+    holder = processes.start("holder", "worker", *QUIET)
+    wait_until(lambda: lock_holder(redis), "the first worker to take the lock")
+    first_owner = lock_holder(redis)
+    other = processes.start("other", "worker", *QUIET)
+    wait_until(lambda: workers(redis) == 2, "the second worker to start")
+    return holder, first_owner, other
+
+
 @pytest.mark.parametrize("leaving", ["sigterm", "kill-9", "scheduler-kill-9"])
 def test_another_worker_takes_over_scheduling_when_the_holder_leaves(
     make_rel_app: Callable[..., Flask],
@@ -62,11 +78,7 @@ def test_another_worker_takes_over_scheduling_when_the_holder_leaves(
 ) -> None:
     app = make_rel_app()
     redis = get_state(app).redis
-    holder = processes.start("holder", "worker", *QUIET)
-    wait_until(lambda: lock_holder(redis), "the first worker to take the lock")
-    first_owner = lock_holder(redis)
-    other = processes.start("other", "worker", *QUIET)
-    wait_until(lambda: workers(redis) == 2, "the second worker to start")
+    holder, first_owner, other = start_two_workers(processes, redis)
 
     with app.app_context():
         commit([Flaky("pending")])
@@ -106,11 +118,7 @@ def test_a_stopped_holder_is_taken_over_and_does_not_schedule_twice(
 ) -> None:
     app = make_rel_app()
     redis = get_state(app).redis
-    holder = processes.start("holder", "worker", *QUIET)
-    wait_until(lambda: lock_holder(redis), "the first worker to take the lock")
-    first_owner = lock_holder(redis)
-    processes.start("other", "worker", *QUIET)
-    wait_until(lambda: workers(redis) == 2, "the second worker to start")
+    holder, first_owner, _ = start_two_workers(processes, redis)
 
     os.killpg(holder.pid, signal.SIGSTOP)  # stuck: alive, renewing nothing
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 
 import pytest
@@ -23,9 +24,8 @@ from flask_messaging.outbox import Relay
 from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker
 
-from ..conftest import RedisServer
+from ..servers import RedisServer
 from .app import QUEUE, Hold, Overrun, Work, commit
-from .conftest import AOF
 from .harness import (
     Processes,
     rescue_abandoned,
@@ -63,6 +63,27 @@ def first_pid(history: History, token: str) -> int:
     return int(history.notes(f"pid:{token}")[0])
 
 
+def start_held_worker(
+    app: Flask, processes: Processes, *options: str
+) -> subprocess.Popen[str]:
+    """Start a worker with ``options``, and commit ``Hold("h")``, whose first
+    run holds it for a minute (to be killed in the meantime)."""
+    worker = processes.start("worker", "worker", *options, *QUIET)
+    with app.app_context():
+        commit([Hold("h", seconds=60)])
+    return worker
+
+
+def handled_once_more(history: History, redis: Redis) -> None:
+    """Wait for the killed ``Hold("h")`` to be handled again, then check that
+    it ran once more and had one effect, and that no job is left failed."""
+    wait_until(lambda: history.runs("hold"), "the handler's effect")
+    wait_until(lambda: settled(redis, QUEUE), "the queue to settle")
+    assert history.runs("hold:runs") == {"h": 2}  # the killed run and one more
+    assert history.check("hold", {"h"}).duplicated == {}  # one effect
+    assert failed_registry(redis).count == 0
+
+
 @pytest.mark.parametrize("retries", [1, 0], ids=["retried", "failed-then-requeued"])
 def test_kill_9_of_the_work_horse_mid_handler(
     make_rel_app: Callable[..., Flask],
@@ -71,9 +92,7 @@ def test_kill_9_of_the_work_horse_mid_handler(
     retries: int,
 ) -> None:
     app = make_rel_app(MESSAGING_RETRY=retries)
-    worker = processes.start("worker", "worker", "--fork", *QUIET)
-    with app.app_context():
-        commit([Hold("h", seconds=60)])
+    worker = start_held_worker(app, processes, "--fork")
     horse = first_pid(history, "h")
     assert horse != worker.pid  # the handler runs in a forked work horse
     os.kill(horse, signal.SIGKILL)
@@ -83,11 +102,7 @@ def test_kill_9_of_the_work_horse_mid_handler(
         wait_until(lambda: failed_registry(redis).count == 1, "the failed job")
         (job_id,) = requeue_failed(redis)
         assert "Work-horse terminated unexpectedly" in failure(redis, job_id)
-    wait_until(lambda: history.runs("hold"), "the handler's effect")
-    wait_until(lambda: settled(redis, QUEUE), "the queue to settle")
-    assert history.runs("hold:runs") == {"h": 2}  # the killed run and one more
-    assert history.check("hold", {"h"}).duplicated == {}  # one effect
-    assert failed_registry(redis).count == 0
+    handled_once_more(history, redis)
     assert worker.poll() is None  # the worker outlived its horse
 
 
@@ -99,9 +114,7 @@ def test_kill_9_of_the_whole_worker_mid_handler(
     retries: int,
 ) -> None:
     app = make_rel_app(MESSAGING_RETRY=retries)
-    worker = processes.start("worker", "worker", *QUIET)
-    with app.app_context():
-        commit([Hold("h", seconds=60)])
+    worker = start_held_worker(app, processes)
     assert first_pid(history, "h") == worker.pid  # no fork: the worker itself
     os.killpg(worker.pid, signal.SIGKILL)  # the worker and its scheduler
     worker.wait(10)
@@ -115,11 +128,7 @@ def test_kill_9_of_the_whole_worker_mid_handler(
         assert "AbandonedJobError" in failure(redis, job_id)
         requeue_failed(redis)
     processes.start("worker-2", "worker", *QUIET)
-    wait_until(lambda: history.runs("hold"), "the handler's effect")
-    wait_until(lambda: settled(redis, QUEUE), "the queue to settle")
-    assert history.runs("hold:runs") == {"h": 2}
-    assert history.check("hold", {"h"}).duplicated == {}
-    assert failed_registry(redis).count == 0
+    handled_once_more(history, redis)
 
 
 @pytest.mark.parametrize("retries", [1, 0], ids=["retried", "failed"])
@@ -198,7 +207,7 @@ def test_a_worker_outlives_redis_going_away_during_a_job(
     first_pid(history, "h")
     aof_redis.stop()  # down when the handler returns
     wait_until(lambda: history.runs("hold"), "the handler to finish")
-    aof_redis.start(*AOF)
+    aof_redis.start()
     with app.app_context():
         commit([Work("after")])
     wait_until(
