@@ -16,7 +16,7 @@ import contextvars
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cached_property
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import Flask, current_app, has_app_context
 
@@ -30,7 +30,7 @@ from .subscription import SubscriptionRegistry
 if TYPE_CHECKING:
     import sqlalchemy as sa
     from redis import Redis
-    from sqlalchemy.orm import Session, scoped_session
+    from sqlalchemy.orm import scoped_session
 
 __all__ = [
     "FlaskSQLAlchemy",
@@ -55,7 +55,9 @@ class FlaskSQLAlchemy(Protocol):
     @property
     def engines(self) -> Mapping[str | None, sa.Engine]: ...
 
-    session: scoped_session[Session]
+    # Flask-SQLAlchemy's own Session subclass, or another a user configured.
+    @property
+    def session(self) -> scoped_session[Any]: ...
 
 
 class BackgroundWorker(Protocol):
