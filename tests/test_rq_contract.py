@@ -461,7 +461,10 @@ USES = [
 
 #: Why we rely on a name of USES that no override is named after.
 USED_FOR = {
-    "_stop_requested": "ThreadWorker.request_stop sets it; stop_was_asked reads it",
+    "_stop_requested": (
+        "ThreadWorker.request_stop and a stop asked for at start-up set it;"
+        " stop_was_asked reads it"
+    ),
     "_shutdown_requested_date": "stop_was_asked (workers.py)",
     "lrem": "our prepare_job_execution asks RQ's to take the id off (workers.py)",
     "pubsub_thread": "our unsubscribe stops it first (workers.py)",

@@ -9,8 +9,11 @@ RQ's ``Worker`` overridden here is named in ``tests/test_rq_contract.py``.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any, TypeVar
 
 from flask import Flask
@@ -109,8 +112,19 @@ class _MessagingWorkerMixin:
             pipe.execute()
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        # RQ registers the worker here, starts its scheduler process, and only
+        # then installs its own SIGTERM and SIGINT handlers. A stop asked for
+        # in between (the parent of --processes N dying at start-up) ended the
+        # process with its record left in Redis, a worker that status showed
+        # for minutes: stop warm instead, at the work loop's first look.
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._stop_when_started)
         super().bootstrap(*args, **kwargs)  # type: ignore[misc]
         self._log_subscribers()
+
+    def _stop_when_started(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_requested = True
 
     def _log_subscribers(self) -> None:
         """Say, at start-up, which async subscribers this worker serves."""
