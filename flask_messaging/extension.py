@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from flask import Flask
-from rq import Retry
 
 from . import transaction
 from ._rq.compat import warn_if_untested_rq
@@ -32,6 +31,7 @@ from .redaction import redact_logs
 from .state import FlaskSQLAlchemy, MessagingState
 from .subscription import (
     Predicate,
+    Retry,
     Subscription,
     SubscriptionRegistry,
     infer_message_type,

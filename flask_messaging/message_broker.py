@@ -10,7 +10,7 @@ test doubles derive from :class:`MessageBroker` too
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar, overload
+from typing import TypeVar, overload
 
 from redis.exceptions import RedisError
 
@@ -26,13 +26,11 @@ from .message import Message
 from .queue_names import DEFAULT_PRIORITY
 from .subscription import (
     Predicate,
+    Retry,
     Subscription,
     SubscriptionRegistry,
     make_subscription,
 )
-
-if TYPE_CHECKING:
-    from rq import Retry
 
 __all__ = ["MemoryBroker", "MessageBroker"]
 

@@ -166,10 +166,14 @@ class MessagingState:
         """Stop the embedded worker and drop the Redis client and its pool.
 
         :param timeout: seconds to wait for the embedded worker's job in hand.
-            The next use of :attr:`redis` makes a new client.
+            The next use of :attr:`redis` makes a new client (with
+            ``memory://``, a new, empty server, whose first job starts a new
+            embedded worker): jobs not run yet are dropped with the old one.
         """
         if self.embedded_worker is not None:
             self.embedded_worker.stop(timeout)
+            # The next job starts another, on the new client's server.
+            self.embedded_worker = None
         client = self.__dict__.pop("redis", None)
         if client is not None:
             client.connection_pool.disconnect()

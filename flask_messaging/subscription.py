@@ -10,12 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+# RQ's public retry policy, part of the subscribe API: the one name of RQ's
+# imported outside flask_messaging._rq (tests/test_layers.py).
 from rq import Retry
 
 from .message import NAME_PATTERN, Message, validate_message_class
 
 __all__ = [
     "Handler",
+    "Retry",
     "Predicate",
     "Route",
     "Subscription",

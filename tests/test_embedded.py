@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from redis import Redis
 from rq.registry import FailedJobRegistry
 
-from flask_messaging import get_message_broker
+from flask_messaging import DeliveryError, get_message_broker
 from flask_messaging._rq.serializer import JSONSerializer
-from flask_messaging.queue_names import HIGH_PRIORITY
+from flask_messaging.queue_names import HIGH_PRIORITY, LOW_PRIORITY
 from flask_messaging.state import get_state
 
 from . import worker_app
@@ -112,3 +113,35 @@ def test_committed_events_flow_and_the_outbox_is_kept_in_process(
         assert state.embedded_worker is not None
         state.embedded_worker.stop()
         db.engine.dispose()
+
+
+def test_after_close_the_next_job_starts_a_new_worker_on_a_new_server(
+    make_embedded_app: Callable[..., Flask],
+) -> None:
+    app = make_embedded_app()
+    state = get_state(app)
+    with app.app_context():
+        get_message_broker().publish(Ping(1))
+        wait_for(lambda: len(handled(state.redis)) == 1)
+        first = state.redis
+        state.close()
+        assert state.embedded_worker is None
+        get_message_broker().publish(Ping(2))
+        assert state.redis is not first  # a new, empty server
+        wait_for(lambda: [e["value"] for e in handled(state.redis)] == [2])
+    state.close()
+
+
+def test_use_redis_reaches_the_queues_jobs_are_written_to(
+    make_app: Callable[..., Flask], real_redis_url: str
+) -> None:
+    app = make_app(worker_app.messaging, MESSAGING_EMBEDDED_WORKER=False)
+    state = get_state(app)
+    good = state.redis
+    with app.app_context():
+        state.use_redis(Redis(port=1))  # nothing listens there
+        with pytest.raises(DeliveryError):  # holding an EnqueueError
+            get_message_broker().publish(Ping(3))
+        state.use_redis(good)
+        get_message_broker().publish(Ping(4))
+    assert good.llen(f"rq:queue:{LOW_PRIORITY}") == 1

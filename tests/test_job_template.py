@@ -355,3 +355,32 @@ def test_the_embedded_redis_takes_rqs_own_enqueue_too(
     assert jobs.enqueue_once(messages, RELAYED) == [False]
     drain(app)
     assert [entry["value"] for entry in handled(state.redis)] == [10]
+
+
+@pytest.mark.parametrize("once", [False, True], ids=["enqueue", "enqueue_once"])
+def test_a_job_id_twice_in_one_batch_is_written_as_the_script_writes_it(
+    app: Flask, once: bool
+) -> None:
+    # One handler subscribed to a class and to its subclass: both deliveries
+    # of a message have one job id. RQ refuses an id twice in one
+    # enqueue_many call; the fallback writes it as the script does.
+    state = get_state(app)
+    redis = state.redis
+    ((message_id, (delivery,)),) = pings(state, 10)
+    queue_key = Queue(LOW_PRIORITY, connection=redis).key
+    written = {}
+    for jobs in (
+        RQJobs(lambda: redis, lambda: state.signer, state.settings.jobs),
+        newer_rq_jobs(state),
+    ):
+        if once:
+            assert jobs.enqueue_once([(message_id, [delivery, delivery])]) == [True]
+        else:
+            jobs.enqueue([delivery, delivery])
+        data = redis.hget(f"rq:job:{delivery.job_id}", "data")
+        assert data is not None
+        # Compressed alike, not byte for byte (our script's zlib window).
+        written[type(jobs)] = (redis.lrange(queue_key, 0, -1), zlib.decompress(data))
+        redis.flushdb()
+    assert written[RQJobs] == written[NewerRQJobs]
+    assert written[RQJobs][0] == [delivery.job_id.encode()] * 2

@@ -96,10 +96,13 @@ class RQJobs:
         self._mismatch_logged = False
 
     def queue(self, name: str) -> Queue:
+        """RQ's queue ``name`` on the app's current Redis client."""
+        connection = self._connection()
         queue = self._queues.get(name)
-        if queue is None:
+        # Made again for a new client (MessagingState.use_redis, close).
+        if queue is None or queue.connection is not connection:
             queue = self._queues[name] = self.queue_class(
-                name, connection=self._connection(), serializer=JSONSerializer
+                name, connection=connection, serializer=JSONSerializer
             )
         return queue
 
@@ -333,10 +336,31 @@ class RQJobs:
                 by_queue.setdefault(queue_name, []).append(data)
             relayed.append(message_id)
         for queue_name, datas in by_queue.items():
-            self.queue(queue_name).enqueue_many(datas, pipeline=pipe)
+            queue = self.queue(queue_name)
+            for part in _without_repeats(datas):
+                queue.enqueue_many(part, pipeline=pipe)
         if relayed_key is not None and relayed:
             pipe.rpush(relayed_key, *relayed)
         pipe.execute()
+
+
+def _without_repeats(datas: list[EnqueueData]) -> Iterator[list[EnqueueData]]:
+    """``datas`` in order, cut wherever a job id comes again.
+
+    One handler subscribed to a class and to its subclass gets one job id
+    for both deliveries of a message, written twice as the script writes it;
+    RQ refuses an id twice in one ``enqueue_many`` call.
+    """
+    part: list[EnqueueData] = []
+    ids: set[str | None] = set()
+    for data in datas:
+        if data.job_id in ids:
+            yield part
+            part, ids = [], set()
+        part.append(data)
+        ids.add(data.job_id)
+    if part:
+        yield part
 
 
 def _unmarked(pipe: Pipeline, markers: list[str]) -> list[bool]:
