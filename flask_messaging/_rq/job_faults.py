@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from redis import exceptions as redis_errors
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import JobStatus
@@ -33,7 +32,6 @@ from ..errors import LOST_REDIS
 from ..parent_death import stop_with_parent
 from .dequeue import MessagingQueue
 from .queue_cleanup import clean_queue
-from .redis_entries import is_wrong_type, key_type
 from .serializer import JSONSerializer
 from .stored_ids import purge_ids
 
@@ -164,47 +162,6 @@ class JobFaultsMixin:
     def _connection(self) -> Redis:
         worker: Any = self
         return worker.connection  # type: ignore[no-any-return]
-
-    def heartbeat(self, *args: Any, **kwargs: Any) -> None:
-        try:
-            super().heartbeat(*args, **kwargs)  # type: ignore[misc]
-        except redis_errors.ResponseError as exc:
-            if not self._replaced_foreign_worker_key(exc):
-                raise
-            super().heartbeat(*args, **kwargs)  # type: ignore[misc]
-
-    def set_state(self, *args: Any, **kwargs: Any) -> None:
-        try:
-            super().set_state(*args, **kwargs)  # type: ignore[misc]
-        except redis_errors.ResponseError as exc:
-            if not self._replaced_foreign_worker_key(exc):
-                raise
-            super().set_state(*args, **kwargs)  # type: ignore[misc]
-
-    def _replaced_foreign_worker_key(self, exc: Exception) -> bool:
-        """Write the worker's own key again if it is of another type.
-
-        RQ writes it as a hash at each heartbeat and state change; a key of
-        another type there (written by someone else) would make that raise
-        and end the work loop, with a job in hand.
-
-        :return: whether the key was replaced (the write can be tried again).
-        """
-        worker: Any = self
-        if not is_wrong_type(exc):
-            return False
-        found = key_type(worker.connection, worker.key)
-        if found in ("none", "hash"):
-            return False
-        logger.error(
-            "Redis key %s, this worker's own, was a %s (written there by"
-            " someone else?): written again as RQ's worker hash.",
-            worker.key,
-            found,
-        )
-        worker.connection.delete(worker.key)
-        worker.register_birth()
-        return True
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
