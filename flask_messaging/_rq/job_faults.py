@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import JobStatus
-from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.scheduler import RQScheduler
 from rq.utils import as_text, current_timestamp, now, utcformat
@@ -31,6 +30,7 @@ from rq.worker import BaseWorker, WorkerStatus
 from ..errors import LOST_REDIS
 from ..parent_death import stop_with_parent
 from .dequeue import MessagingQueue
+from .objects import RQObjects
 from .queue_cleanup import clean_queue
 from .serializer import JSONSerializer
 from .stored_ids import purge_ids
@@ -99,7 +99,7 @@ def fail_job(
             mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())},
         )
         pipe.lrem(queue.intermediate_queue_key, 1, job_id)
-        started = StartedJobRegistry(queue=queue)
+        started = queue.started_job_registry
         # rq 3 keys its entries by job and execution: "<job id>:<execution>".
         entries: list[Any] = [
             entry
@@ -147,6 +147,10 @@ class JobFaultsMixin:
     """Worker steps that fail the one job in hand instead of the worker."""
 
     def _failure_ttl(self) -> int:
+        raise NotImplementedError
+
+    def _objects(self) -> RQObjects:
+        """This worker's RQ objects, on its connection."""
         raise NotImplementedError
 
     def handle_job_failure(self, *args: Any, **kwargs: Any) -> Any:
@@ -216,7 +220,7 @@ class JobFaultsMixin:
 
     def clean_registries(self) -> None:
         # RQ's stops at the first queue where anything raises, and leaves
-        # its lock held (see flask_messaging.queue_cleanup).
+        # its lock held (see queue_cleanup).
         worker: Any = self
         for queue in worker.queues:
             try:
@@ -237,17 +241,14 @@ class JobFaultsMixin:
         :data:`LEFT_BEHIND_LIMIT` of it each pass).
         """
         worker: Any = self
-        registry = StartedJobRegistry(
-            queue=queue, job_class=worker.job_class, serializer=worker.serializer
-        )
-        left = registry.get_expired_job_ids()
+        left = queue.started_job_registry.get_expired_job_ids()
         left += [
             as_text(job_id)
             for job_id in worker.connection.lrange(
                 queue.intermediate_queue_key, 0, LEFT_BEHIND_LIMIT - 1
             )
         ]
-        fail_unreadable(queue, left, worker.job_class, self._failure_ttl())
+        fail_unreadable(self._objects(), queue, left, self._failure_ttl())
 
     def _start_scheduler(
         self,
@@ -259,17 +260,18 @@ class JobFaultsMixin:
         # RQ's own (rq 2.12 and 3.0 alike), with a scheduler that fails the
         # due jobs it cannot read instead of reading them whole.
         worker: Any = self
+        objects = self._objects()
         scheduler: Any = CheckedScheduler(
             worker.queues,
-            connection=worker.connection,
+            connection=objects.connection,
             logging_level=logging_level
             if logging_level is not None
             else worker.log.level,
             date_format=date_format,
             log_format=log_format,
-            serializer=worker.serializer,
+            serializer=objects.serializer,
         )
-        scheduler.job_class = worker.job_class
+        scheduler.max_message_bytes = objects.max_message_bytes
         scheduler.failure_ttl = self._failure_ttl()
         worker.scheduler = scheduler
         scheduler.acquire_locks()
@@ -286,9 +288,9 @@ class JobFaultsMixin:
 
 
 def fail_unreadable(
-    queue: Queue, job_ids: Iterable[str], job_class: type[Job], failure_ttl: int
+    objects: RQObjects, queue: Queue, job_ids: Iterable[str], failure_ttl: int
 ) -> list[str]:
-    """Fail each job of ``job_ids`` that ``job_class`` refuses or cannot read.
+    """Fail each job of ``job_ids`` (of ``queue``) that ``objects`` cannot read.
 
     :return: the ids failed.
     """
@@ -296,7 +298,7 @@ def fail_unreadable(
     failed = []
     for job_id in dict.fromkeys(job_ids):
         try:
-            job_class.fetch(job_id, connection=connection, serializer=JSONSerializer)
+            objects.fetch(job_id)
         except NoSuchJobError:
             continue
         except (*LOST_REDIS, StopRequested):
@@ -317,10 +319,11 @@ class CheckedScheduler(RQScheduler):
     scheduler, and a thousand jobs each just under the bound would all be
     held at once. This one reads each due job with the app's job class,
     fails one it cannot read, and moves the others onto their queue one by
-    one, waking an idle worker (:class:`~flask_messaging.dequeue.MessagingQueue`).
+    one, waking an idle worker (:class:`~.dequeue.MessagingQueue`).
     """
 
-    job_class: type[Job]
+    #: ``MESSAGING_MAX_MESSAGE_BYTES`` of the app, which bounds each job read.
+    max_message_bytes: int | None
     failure_ttl: int
     #: The worker process that started this scheduler's process.
     _worker_pid: int | None = None
@@ -358,23 +361,24 @@ class CheckedScheduler(RQScheduler):
         # (rate-limited jobs) ours never are.
         scheduler._status = self.Status.STARTED
 
+    def _objects(self) -> RQObjects:
+        # On this scheduler's own connection: RQ's scheduler opens one, and
+        # another in the process it forks.
+        return RQObjects(self.connection, self.max_message_bytes)
+
     def _enqueue_due(self, registry: Any) -> None:
         if purge_ids(self.connection, registry.key, "zset").wrong_type:
             return  # logged; nothing of it can be read
-        queue = MessagingQueue(
-            registry.name,
-            connection=self.connection,
-            serializer=JSONSerializer,
-            job_class=self.job_class,
-        )
+        objects = self._objects()
+        queue = objects.queue(registry.name, MessagingQueue)
         for job_id in registry.get_jobs_to_schedule(current_timestamp()):
-            self._move(queue, registry, job_id)
+            self._move(objects, queue, registry, job_id)
 
-    def _move(self, queue: Queue, registry: Any, job_id: str) -> None:
+    def _move(
+        self, objects: RQObjects, queue: Queue, registry: Any, job_id: str
+    ) -> None:
         try:
-            job = self.job_class.fetch(
-                job_id, connection=self.connection, serializer=JSONSerializer
-            )
+            job = objects.fetch(job_id)
         except NoSuchJobError:
             registry.remove(job_id)
             return

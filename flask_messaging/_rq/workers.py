@@ -22,11 +22,10 @@ from rq.worker import BaseWorker
 
 from ..state import MessagingState, get_state
 from .dequeue import MessagingQueue
-from .job import job_class_for
 from .job_faults import CheckedScheduler, JobFaultsMixin, describe, fail_job
+from .objects import RQObjects
 from .redis_entries import is_wrong_type, key_type
 from .scheduling import CHECK_INTERVAL, keep_scheduling
-from .serializer import JSONSerializer
 
 __all__ = [
     "ForkingMessagingWorker",
@@ -252,6 +251,10 @@ class _MessagingWorkerMixin:
     def _failure_ttl(self) -> int:
         return get_state(self.app).settings.jobs.failure_ttl
 
+    def _objects(self) -> RQObjects:
+        max_message_bytes = get_state(self.app).settings.max_message_bytes
+        return RQObjects(self.connection, max_message_bytes)  # type: ignore[attr-defined]
+
 
 class MessagingWorker(_MessagingWorkerMixin, JobFaultsMixin, SimpleWorker):
     """Runs jobs in the worker process itself: no fork per job.
@@ -291,16 +294,17 @@ def make_worker(
     fails that job, not the worker (:mod:`flask_messaging._rq.job_faults`).
     """
     state = get_state(app)
+    objects = RQObjects.of(state)
     cls: type[Any] = worker_class or (
         ForkingMessagingWorker if fork else MessagingWorker
     )
     worker: W = cls(
         list(queues or state.queue_names()),
         name=name,
-        connection=state.redis,
-        job_class=job_class_for(state.settings.max_message_bytes),
+        connection=objects.connection,
+        job_class=objects.job_class,
         queue_class=MessagingQueue,
-        serializer=JSONSerializer,
+        serializer=objects.serializer,
         default_result_ttl=state.settings.jobs.result_ttl,
         app=app,
         **kwargs,
@@ -360,10 +364,13 @@ class ThreadScheduler:
     """
 
     def __init__(self, state: MessagingState) -> None:
+        objects = RQObjects.of(state)
         scheduler = CheckedScheduler(
-            list(state.queue_names()), connection=state.redis, serializer=JSONSerializer
+            list(state.queue_names()),
+            connection=objects.connection,
+            serializer=objects.serializer,
         )
-        scheduler.job_class = job_class_for(state.settings.max_message_bytes)
+        scheduler.max_message_bytes = objects.max_message_bytes
         scheduler.failure_ttl = state.settings.jobs.failure_ttl
         self._scheduler = scheduler
 

@@ -6,7 +6,7 @@ RQ accepts any queue name (``emails/high``) and any job id Redis holds; a
 queues and jobs, and nothing could open, requeue, empty or delete them. Each
 such rule gets a twin on the app (never on rq-dashboard's global blueprint)
 whose queue name or job id takes the ``path`` converter, and whose page
-numbers and sizes are read as text, to be checked by :func:`.rq_pages.missing`.
+numbers and sizes are read as text, to be checked by :func:`.pages.missing`.
 """
 
 from __future__ import annotations
