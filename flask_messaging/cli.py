@@ -96,27 +96,41 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _echo_listing(
+    as_json: bool,
+    rows: Sequence[object],
+    header: Sequence[str],
+    body: Sequence[Sequence[str]],
+    nothing: str,
+) -> bool:
+    """Print ``rows`` as JSON, or ``nothing`` when there are none, or a table.
+
+    :return: whether the table was printed.
+    """
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return False
+    if not rows:
+        click.echo(nothing)
+        return False
+    click.echo(_table([header, *body]))
+    return True
+
+
 @messaging_cli.command("subscribers")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def subscribers_command(as_json: bool) -> None:
     """List every subscription: message type, handler, mode, queue, predicate."""
     rows = [describe_subscription(s) for s in get_state().registry]
     rows.sort(key=lambda row: str(row["message_type"]))
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("No subscribers.")
-        return
-    header = ["MESSAGE TYPE", "HANDLER", "MODE", "QUEUE", "PREDICATE"]
-    body = [
-        [
-            str(row[k] or "-")
-            for k in ("message_type", "handler", "mode", "queue", "predicate")
-        ]
-        for row in rows
-    ]
-    click.echo(_table([header, *body]))
+    columns = ("message_type", "handler", "mode", "queue", "predicate")
+    _echo_listing(
+        as_json,
+        rows,
+        ["MESSAGE TYPE", "HANDLER", "MODE", "QUEUE", "PREDICATE"],
+        [[str(row[k] or "-") for k in columns] for row in rows],
+        "No subscribers.",
+    )
 
 
 @messaging_cli.command("worker")
@@ -382,14 +396,18 @@ def _warn_unknown_queues(state: MessagingState, queues: Sequence[str]) -> None:
         )
 
 
-@messaging_cli.command("failed")
-@click.option(
+#: ``-q/--queue``, repeatable, of the commands on failed jobs.
+_queues_option = click.option(
     "-q",
     "--queue",
     "queues",
     multiple=True,
     help="Only this queue (repeatable); default: every queue.",
 )
+
+
+@messaging_cli.command("failed")
+@_queues_option
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
@@ -409,23 +427,16 @@ def failed_command(queues: tuple[str, ...], limit: int, as_json: bool) -> None:
         raise click.ClickException(
             f"Cannot read Redis at {state.settings.redis_url}: {exc}"
         ) from None
-    if as_json:
-        rows = [
-            {
-                "job_id": f.job_id,
-                "queue": f.queue,
-                "failed_at": f.failed_at.isoformat() if f.failed_at else None,
-                "description": f.description,
-                "error": f.error,
-            }
-            for f in failures
-        ]
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not failures:
-        click.echo("No failed jobs.")
-        return
-    header = ["FAILED AT (UTC)", "QUEUE", "JOB", "DESCRIPTION", "ERROR"]
+    rows = [
+        {
+            "job_id": f.job_id,
+            "queue": f.queue,
+            "failed_at": f.failed_at.isoformat() if f.failed_at else None,
+            "description": f.description,
+            "error": f.error,
+        }
+        for f in failures
+    ]
     body = [
         [
             f.failed_at.strftime("%Y-%m-%d %H:%M:%S") if f.failed_at else "-",
@@ -436,19 +447,14 @@ def failed_command(queues: tuple[str, ...], limit: int, as_json: bool) -> None:
         ]
         for f in failures
     ]
-    click.echo(_table([header, *body]))
-    click.echo()
-    click.echo("Requeue them with 'flask messaging requeue-failed'.")
+    header = ["FAILED AT (UTC)", "QUEUE", "JOB", "DESCRIPTION", "ERROR"]
+    if _echo_listing(as_json, rows, header, body, "No failed jobs."):
+        click.echo()
+        click.echo("Requeue them with 'flask messaging requeue-failed'.")
 
 
 @messaging_cli.command("requeue-failed")
-@click.option(
-    "-q",
-    "--queue",
-    "queues",
-    multiple=True,
-    help="Only this queue (repeatable); default: every queue.",
-)
+@_queues_option
 def requeue_failed_command(queues: tuple[str, ...]) -> None:
     """Put failed jobs back on their queues, to be run again."""
 

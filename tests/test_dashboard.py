@@ -26,7 +26,7 @@ from rq.registry import FailedJobRegistry
 from rq_dashboard import web
 
 from flask_messaging import Message, Messaging, get_message_broker
-from flask_messaging._rq.status import UnreadableJob
+from flask_messaging._rq.records import UnreadableJob
 from flask_messaging.queue_names import DEFAULT_PRIORITY, HIGH_PRIORITY, LOW_PRIORITY
 from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker

@@ -23,7 +23,7 @@ from rq.registry import FailedJobRegistry
 from flask_messaging import Message, Messaging, get_message_broker
 from flask_messaging._rq.dashboard.pages import MAX_PER_PAGE, QUEUES_IN_MENU
 from flask_messaging._rq.dashboard.views import LISTED_PER_PAGE
-from flask_messaging._rq.status import UnreadableJob
+from flask_messaging._rq.records import UnreadableJob
 from flask_messaging.queue_names import HIGH_PRIORITY, LOW_PRIORITY
 from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker

@@ -15,8 +15,8 @@ from redis import Redis
 from rq.registry import FailedJobRegistry
 
 from flask_messaging import Message, get_message_broker
+from flask_messaging._rq.records import latest_result
 from flask_messaging._rq.serializer import JSONSerializer
-from flask_messaging._rq.status import latest_result
 from flask_messaging.queue_names import LOW_PRIORITY
 from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker

@@ -27,7 +27,7 @@ class MessagingJob(Job):
 
     RQ imports whatever function and callbacks a job hash names, whatever the
     serializer, and acts on every field it knows: this class reads a hash
-    only once :func:`~flask_messaging._rq.job_hash.check_job_hash` has accepted
+    only once :func:`~.job_hash.check_job_hash` has accepted
     every field (shape and size), refuses, before any import, every job that
     names something else, and such jobs fail at once, without retries.
     """
@@ -37,7 +37,7 @@ class MessagingJob(Job):
     max_field_bytes = field_limit(1024 * 1024)
 
     #: The most fields a hash may have: a larger one is refused by the take
-    #: before it is read (:mod:`flask_messaging._rq.dequeue`).
+    #: before it is read (:mod:`.dequeue`).
     max_fields = len(ALLOWED_FIELDS)
 
     #: False for the displays' reads: ``data`` and ``exc_info`` are checked,
@@ -49,7 +49,7 @@ class MessagingJob(Job):
         """Read a job hash, refusing one that is not ours or too large.
 
         :raises InvalidJobError: a field our jobs never have or a value they
-            never hold (:mod:`flask_messaging._rq.job_hash`).
+            never hold (:mod:`.job_hash`).
         :raises JobTooLargeError: a field over :attr:`max_field_bytes`.
         """
         if not raw_data or (b"data" not in raw_data and "data" not in raw_data):

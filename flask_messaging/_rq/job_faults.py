@@ -19,11 +19,9 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from redis import exceptions as redis_errors
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import JobStatus
-from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.scheduler import RQScheduler
 from rq.utils import as_text, current_timestamp, now, utcformat
@@ -32,8 +30,8 @@ from rq.worker import BaseWorker, WorkerStatus
 from ..errors import LOST_REDIS
 from ..parent_death import stop_with_parent
 from .dequeue import MessagingQueue
+from .objects import RQObjects
 from .queue_cleanup import clean_queue
-from .redis_entries import is_wrong_type, key_type
 from .serializer import JSONSerializer
 from .stored_ids import purge_ids
 
@@ -101,7 +99,7 @@ def fail_job(
             mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())},
         )
         pipe.lrem(queue.intermediate_queue_key, 1, job_id)
-        started = StartedJobRegistry(queue=queue)
+        started = queue.started_job_registry
         # rq 3 keys its entries by job and execution: "<job id>:<execution>".
         entries: list[Any] = [
             entry
@@ -151,6 +149,10 @@ class JobFaultsMixin:
     def _failure_ttl(self) -> int:
         raise NotImplementedError
 
+    def _objects(self) -> RQObjects:
+        """This worker's RQ objects, on its connection."""
+        raise NotImplementedError
+
     def handle_job_failure(self, *args: Any, **kwargs: Any) -> Any:
         # RQ stores the failure text as strict UTF-8; an exception naming a
         # file that is not UTF-8 would make that raise.
@@ -164,47 +166,6 @@ class JobFaultsMixin:
     def _connection(self) -> Redis:
         worker: Any = self
         return worker.connection  # type: ignore[no-any-return]
-
-    def heartbeat(self, *args: Any, **kwargs: Any) -> None:
-        try:
-            super().heartbeat(*args, **kwargs)  # type: ignore[misc]
-        except redis_errors.ResponseError as exc:
-            if not self._replaced_foreign_worker_key(exc):
-                raise
-            super().heartbeat(*args, **kwargs)  # type: ignore[misc]
-
-    def set_state(self, *args: Any, **kwargs: Any) -> None:
-        try:
-            super().set_state(*args, **kwargs)  # type: ignore[misc]
-        except redis_errors.ResponseError as exc:
-            if not self._replaced_foreign_worker_key(exc):
-                raise
-            super().set_state(*args, **kwargs)  # type: ignore[misc]
-
-    def _replaced_foreign_worker_key(self, exc: Exception) -> bool:
-        """Write the worker's own key again if it is of another type.
-
-        RQ writes it as a hash at each heartbeat and state change; a key of
-        another type there (written by someone else) would make that raise
-        and end the work loop, with a job in hand.
-
-        :return: whether the key was replaced (the write can be tried again).
-        """
-        worker: Any = self
-        if not is_wrong_type(exc):
-            return False
-        found = key_type(worker.connection, worker.key)
-        if found in ("none", "hash"):
-            return False
-        logger.error(
-            "Redis key %s, this worker's own, was a %s (written there by"
-            " someone else?): written again as RQ's worker hash.",
-            worker.key,
-            found,
-        )
-        worker.connection.delete(worker.key)
-        worker.register_birth()
-        return True
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
@@ -280,17 +241,14 @@ class JobFaultsMixin:
         :data:`LEFT_BEHIND_LIMIT` of it each pass).
         """
         worker: Any = self
-        registry = StartedJobRegistry(
-            queue=queue, job_class=worker.job_class, serializer=worker.serializer
-        )
-        left = registry.get_expired_job_ids()
+        left = queue.started_job_registry.get_expired_job_ids()
         left += [
             as_text(job_id)
             for job_id in worker.connection.lrange(
                 queue.intermediate_queue_key, 0, LEFT_BEHIND_LIMIT - 1
             )
         ]
-        fail_unreadable(queue, left, worker.job_class, self._failure_ttl())
+        fail_unreadable(self._objects(), queue, left, self._failure_ttl())
 
     def _start_scheduler(
         self,
@@ -302,17 +260,18 @@ class JobFaultsMixin:
         # RQ's own (rq 2.12 and 3.0 alike), with a scheduler that fails the
         # due jobs it cannot read instead of reading them whole.
         worker: Any = self
+        objects = self._objects()
         scheduler: Any = CheckedScheduler(
             worker.queues,
-            connection=worker.connection,
+            connection=objects.connection,
             logging_level=logging_level
             if logging_level is not None
             else worker.log.level,
             date_format=date_format,
             log_format=log_format,
-            serializer=worker.serializer,
+            serializer=objects.serializer,
         )
-        scheduler.job_class = worker.job_class
+        scheduler.max_message_bytes = objects.max_message_bytes
         scheduler.failure_ttl = self._failure_ttl()
         worker.scheduler = scheduler
         scheduler.acquire_locks()
@@ -329,9 +288,9 @@ class JobFaultsMixin:
 
 
 def fail_unreadable(
-    queue: Queue, job_ids: Iterable[str], job_class: type[Job], failure_ttl: int
+    objects: RQObjects, queue: Queue, job_ids: Iterable[str], failure_ttl: int
 ) -> list[str]:
-    """Fail each job of ``job_ids`` that ``job_class`` refuses or cannot read.
+    """Fail each job of ``job_ids`` (of ``queue``) that ``objects`` cannot read.
 
     :return: the ids failed.
     """
@@ -339,7 +298,7 @@ def fail_unreadable(
     failed = []
     for job_id in dict.fromkeys(job_ids):
         try:
-            job_class.fetch(job_id, connection=connection, serializer=JSONSerializer)
+            objects.fetch(job_id)
         except NoSuchJobError:
             continue
         except (*LOST_REDIS, StopRequested):
@@ -360,10 +319,11 @@ class CheckedScheduler(RQScheduler):
     scheduler, and a thousand jobs each just under the bound would all be
     held at once. This one reads each due job with the app's job class,
     fails one it cannot read, and moves the others onto their queue one by
-    one, waking an idle worker (:class:`~flask_messaging._rq.dequeue.MessagingQueue`).
+    one, waking an idle worker (:class:`~.dequeue.MessagingQueue`).
     """
 
-    job_class: type[Job]
+    #: ``MESSAGING_MAX_MESSAGE_BYTES`` of the app, which bounds each job read.
+    max_message_bytes: int | None
     failure_ttl: int
     #: The worker process that started this scheduler's process.
     _worker_pid: int | None = None
@@ -401,23 +361,24 @@ class CheckedScheduler(RQScheduler):
         # (rate-limited jobs) ours never are.
         scheduler._status = self.Status.STARTED
 
+    def _objects(self) -> RQObjects:
+        # On this scheduler's own connection: RQ's scheduler opens one, and
+        # another in the process it forks.
+        return RQObjects(self.connection, self.max_message_bytes)
+
     def _enqueue_due(self, registry: Any) -> None:
         if purge_ids(self.connection, registry.key, "zset").wrong_type:
             return  # logged; nothing of it can be read
-        queue = MessagingQueue(
-            registry.name,
-            connection=self.connection,
-            serializer=JSONSerializer,
-            job_class=self.job_class,
-        )
+        objects = self._objects()
+        queue = objects.queue(registry.name, MessagingQueue)
         for job_id in registry.get_jobs_to_schedule(current_timestamp()):
-            self._move(queue, registry, job_id)
+            self._move(objects, queue, registry, job_id)
 
-    def _move(self, queue: Queue, registry: Any, job_id: str) -> None:
+    def _move(
+        self, objects: RQObjects, queue: Queue, registry: Any, job_id: str
+    ) -> None:
         try:
-            job = self.job_class.fetch(
-                job_id, connection=self.connection, serializer=JSONSerializer
-            )
+            job = objects.fetch(job_id)
         except NoSuchJobError:
             registry.remove(job_id)
             return

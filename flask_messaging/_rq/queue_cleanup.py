@@ -7,7 +7,7 @@ stops the clean-up of that queue and of every later one, and leaves the
 lock held until it expires. Here each queue is cleaned on its own, each of
 RQ's steps is tried on its own, and the lock is always released. Before RQ
 reads a key, the entries no one can read are taken out of it
-(:func:`~flask_messaging._rq.stored_ids.purge_ids`), and ids whose job is gone
+(:func:`~.stored_ids.purge_ids`), and ids whose job is gone
 are taken off the intermediate list in bulk (RQ reads each in turn: about
 4 ms each, minutes for a list of a hundred thousand).
 """
@@ -22,6 +22,7 @@ from rq import worker_registration
 from rq.exceptions import StopRequested
 
 from ..errors import LOST_REDIS
+from .objects import REGISTRIES, registry_key
 from .stored_ids import purge_ids
 
 if TYPE_CHECKING:
@@ -31,27 +32,17 @@ __all__ = ["clean_queue", "id_keys"]
 
 logger = logging.getLogger("flask_messaging")
 
-# Sorted sets of job ids RQ keeps per queue (ready: rq 3 only).
-_REGISTRIES = [
-    getattr(rq_registry, name)
-    for name in (
-        "StartedJobRegistry",
-        "FailedJobRegistry",
-        "FinishedJobRegistry",
-        "DeferredJobRegistry",
-        "ScheduledJobRegistry",
-        "CanceledJobRegistry",
-        "ReadyJobRegistry",
-    )
-    if hasattr(rq_registry, name)
-]
+#: rq 3's registry of jobs ready to run (rq 2 has none).
+_READY = getattr(rq_registry, "ReadyJobRegistry", None)
 
 
 def id_keys(queue: Queue) -> dict[str, str]:
     """Every key of ``queue`` that holds job ids, with its type in Redis."""
     keys = {queue.key: "list", queue.intermediate_queue_key: "list"}
-    for registry in _REGISTRIES:
-        keys[registry.key_template.format(queue.name)] = "zset"
+    for kind in REGISTRIES:
+        keys[registry_key(kind, queue.name)] = "zset"
+    if _READY is not None:
+        keys[_READY.key_template.format(queue.name)] = "zset"
     return keys
 
 
@@ -60,7 +51,7 @@ def purge_queue(queue: Queue) -> bool:
 
     :return: whether every key is of the type RQ writes there (a key of
         another type is logged, see
-        :func:`~flask_messaging._rq.stored_ids.log_wrong_type`).
+        :func:`~.stored_ids.log_wrong_type`).
     """
     usable = True
     prefix = queue.job_class.redis_job_namespace_prefix

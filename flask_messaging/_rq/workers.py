@@ -25,10 +25,10 @@ from rq.worker import BaseWorker
 
 from ..state import MessagingState, get_state
 from .dequeue import MessagingQueue
-from .job import job_class_for
 from .job_faults import CheckedScheduler, JobFaultsMixin, describe, fail_job
+from .objects import RQObjects
+from .redis_entries import is_wrong_type, key_type
 from .scheduling import CHECK_INTERVAL, keep_scheduling
-from .serializer import JSONSerializer
 
 __all__ = [
     "ForkingMessagingWorker",
@@ -48,10 +48,11 @@ class _MessagingWorkerMixin:
     """What our workers add to RQ's.
 
     Each job runs inside an app context, as a request would; jobs are taken
-    through :class:`~flask_messaging._rq.dequeue.MessagingQueue`; a job RQ cannot
-    read is failed instead of stopping the worker; and RQ's bookkeeping
-    writes that change nothing are skipped (about a fifth of a trivial job's
-    Redis round trips).
+    through :class:`~.dequeue.MessagingQueue`; a job RQ cannot read is
+    failed instead of stopping the worker; the worker's own key is written
+    again when Redis lost it or something else replaced it; and RQ's
+    bookkeeping writes that change nothing are skipped (about a fifth of a
+    trivial job's Redis round trips).
     """
 
     #: Seconds: a heartbeat with RQ's default TTL this recent is not repeated.
@@ -86,8 +87,9 @@ class _MessagingWorkerMixin:
                     super().heartbeat(timeout, pipe)  # type: ignore[misc]
                     created = pipe.execute()[0]
             except ResponseError as exc:
-                # Our key was of another type (JobFaultsMixin writes it anew).
-                if not self._replaced_foreign_worker_key(exc):  # type: ignore[attr-defined]
+                # Our key was of another type, now written anew: register
+                # it again below, its state with it.
+                if not self._replaced_foreign_worker_key(exc):
                     raise
                 created = True
             if created:
@@ -110,6 +112,42 @@ class _MessagingWorkerMixin:
         with self.connection.pipeline() as pipe:  # type: ignore[attr-defined]
             super().set_state(self._state, pipe)  # type: ignore[attr-defined,misc]
             pipe.execute()
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        # RQ sets "idle" at each dequeue, whether or not it already is.
+        if pipeline is None and state == self._state:  # type: ignore[attr-defined]
+            return
+        try:
+            super().set_state(state, pipeline)  # type: ignore[misc]
+        except ResponseError as exc:
+            if not self._replaced_foreign_worker_key(exc):
+                raise
+            super().set_state(state, pipeline)  # type: ignore[misc]
+
+    def _replaced_foreign_worker_key(self, exc: Exception) -> bool:
+        """Write the worker's own key again if it is of another type.
+
+        RQ writes it as a hash at each heartbeat and state change; a key of
+        another type there (written by someone else) would make that raise
+        and end the work loop, with a job in hand.
+
+        :return: whether the key was replaced (the write can be tried again).
+        """
+        worker: Any = self
+        if not is_wrong_type(exc):
+            return False
+        found = key_type(worker.connection, worker.key)
+        if found in ("none", "hash"):
+            return False
+        logger.error(
+            "Redis key %s, this worker's own, was a %s (written there by"
+            " someone else?): written again as RQ's worker hash.",
+            worker.key,
+            found,
+        )
+        worker.connection.delete(worker.key)
+        worker.register_birth()
+        return True
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         # RQ registers the worker here, starts its scheduler process, and only
@@ -164,12 +202,6 @@ class _MessagingWorkerMixin:
             self.pubsub.unsubscribe()  # type: ignore[attr-defined]
             thread.join(timeout=1)
             self.pubsub.close()  # type: ignore[attr-defined]
-
-    def set_state(self, state: str, pipeline: Any = None) -> None:
-        # RQ sets "idle" at each dequeue, whether or not it already is.
-        if pipeline is None and state == self._state:  # type: ignore[attr-defined]
-            return
-        super().set_state(state, pipeline)  # type: ignore[misc]
 
     def perform_job(self, *args: Any, **kwargs: Any) -> Any:
         with self.app.app_context():
@@ -233,6 +265,10 @@ class _MessagingWorkerMixin:
     def _failure_ttl(self) -> int:
         return get_state(self.app).settings.jobs.failure_ttl
 
+    def _objects(self) -> RQObjects:
+        max_message_bytes = get_state(self.app).settings.max_message_bytes
+        return RQObjects(self.connection, max_message_bytes)  # type: ignore[attr-defined]
+
 
 class MessagingWorker(_MessagingWorkerMixin, JobFaultsMixin, SimpleWorker):
     """Runs jobs in the worker process itself: no fork per job.
@@ -272,16 +308,17 @@ def make_worker(
     fails that job, not the worker (:mod:`flask_messaging._rq.job_faults`).
     """
     state = get_state(app)
+    objects = RQObjects.of(state)
     cls: type[Any] = worker_class or (
         ForkingMessagingWorker if fork else MessagingWorker
     )
     worker: W = cls(
         list(queues or state.queue_names()),
         name=name,
-        connection=state.redis,
-        job_class=job_class_for(state.settings.max_message_bytes),
+        connection=objects.connection,
+        job_class=objects.job_class,
         queue_class=MessagingQueue,
-        serializer=JSONSerializer,
+        serializer=objects.serializer,
         default_result_ttl=state.settings.jobs.result_ttl,
         app=app,
         **kwargs,
@@ -341,10 +378,13 @@ class ThreadScheduler:
     """
 
     def __init__(self, state: MessagingState) -> None:
+        objects = RQObjects.of(state)
         scheduler = CheckedScheduler(
-            list(state.queue_names()), connection=state.redis, serializer=JSONSerializer
+            list(state.queue_names()),
+            connection=objects.connection,
+            serializer=objects.serializer,
         )
-        scheduler.job_class = job_class_for(state.settings.max_message_bytes)
+        scheduler.max_message_bytes = objects.max_message_bytes
         scheduler.failure_ttl = state.settings.jobs.failure_ttl
         self._scheduler = scheduler
 

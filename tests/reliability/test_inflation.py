@@ -24,8 +24,8 @@ from rq.registry import FailedJobRegistry
 
 from flask_messaging import get_message_broker
 from flask_messaging._rq.job_hash import field_limit
+from flask_messaging._rq.records import TooLargeJob, latest_result
 from flask_messaging._rq.serializer import JSONSerializer
-from flask_messaging._rq.status import TooLargeJob, latest_result
 from flask_messaging.dispatch import DISPATCH_FUNCTION
 from flask_messaging.queue_names import LOW_PRIORITY
 from flask_messaging.state import get_state

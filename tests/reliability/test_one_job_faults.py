@@ -17,8 +17,9 @@ from redis import Redis
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from flask_messaging import Message, get_message_broker
+from flask_messaging._rq.records import latest_result
 from flask_messaging._rq.serializer import JSONSerializer
-from flask_messaging._rq.status import latest_result, recent_failures
+from flask_messaging._rq.status import recent_failures
 from flask_messaging.embedded import EmbeddedWorker
 from flask_messaging.queue_names import LOW_PRIORITY
 from flask_messaging.state import get_state

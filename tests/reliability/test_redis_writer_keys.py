@@ -22,7 +22,8 @@ from redis import Redis
 from rq import Worker
 
 from flask_messaging import get_message_broker
-from flask_messaging._rq.status import latest_result, requeue_failed
+from flask_messaging._rq.records import latest_result
+from flask_messaging._rq.status import requeue_failed
 from flask_messaging._rq.stored_ids import PURGE_CHUNK, purge_ids
 from flask_messaging.queue_names import HIGH_PRIORITY, LOW_PRIORITY
 from flask_messaging.state import get_state

@@ -18,8 +18,9 @@ from redis import Redis
 from rq.registry import FailedJobRegistry
 
 from flask_messaging import get_message_broker
+from flask_messaging._rq.records import UnreadableJob
 from flask_messaging._rq.serializer import JSONSerializer
-from flask_messaging._rq.status import UnreadableJob, recent_failures, requeue_failed
+from flask_messaging._rq.status import recent_failures, requeue_failed
 from flask_messaging.queue_names import LOW_PRIORITY
 from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker

@@ -28,8 +28,9 @@ from rq_dashboard.version import VERSION as RQ_DASHBOARD_VERSION
 
 from ...redaction import redact_url
 from ...state import get_state
+from ..objects import queue_key
+from ..records import queue_names_in_redis
 from ..redis_entries import is_wrong_type
-from ..status import queue_names_in_redis
 
 __all__ = [
     "MAX_PAGE",
@@ -91,9 +92,8 @@ def queue_exists(name: str) -> bool:
     state = get_state()
     if name in state.queue_names():
         return True
-    key = Queue.redis_queue_namespace_prefix + name
     try:
-        return bool(state.redis.sismember(Queue.redis_queues_keys, key))
+        return bool(state.redis.sismember(Queue.redis_queues_keys, queue_key(name)))
     except ResponseError as exc:
         if is_wrong_type(exc):  # rq:queues is not a set: it lists nothing
             return False

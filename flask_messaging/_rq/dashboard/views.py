@@ -2,10 +2,10 @@
 
 rq-dashboard 0.9 reads jobs with pickle, shows job arguments (the message
 payloads) and inserts job fields into its pages as raw HTML. The views here
-read with JSON only (:class:`~flask_messaging._rq.serializer.ReadOnlySerializer`)
-and never show arguments. Their answers are JSON with the values as Redis
-holds them (credentials redacted): the pages of :mod:`.pages` insert them
-as text, never as HTML.
+read jobs for display (:class:`~flask_messaging._rq.objects.RQObjects`: JSON
+only, no payload kept) and never show arguments. Their answers are JSON with
+the values as Redis holds them (credentials redacted): the pages of
+:mod:`.pages` insert them as text, never as HTML.
 """
 
 from __future__ import annotations
@@ -26,25 +26,25 @@ from flask import (
     url_for,
 )
 from redis.exceptions import RedisError
-from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
-from rq.registry import (
-    BaseRegistry,
-    CanceledJobRegistry,
-    DeferredJobRegistry,
-    FailedJobRegistry,
-    FinishedJobRegistry,
-    ScheduledJobRegistry,
-    StartedJobRegistry,
-)
+from rq.registry import BaseRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.worker import BaseWorker
 from rq_dashboard import web
 
 from ...redaction import redact, redact_data
 from ...state import get_state
-from ..job import MessagingJob, job_class_for
+from ..objects import REGISTRIES, RQObjects, queue_key, registry_key
+from ..records import (
+    UnreadableJob,
+    UnreadableWorker,
+    fetch_jobs,
+    latest_result,
+    queue_names_in_redis,
+    read_workers,
+    worker_keys,
+)
 from ..redis_entries import (
     decoded,
     is_wrong_type,
@@ -52,32 +52,12 @@ from ..redis_entries import (
     page_of_members,
     shown,
 )
-from ..serializer import JSONSerializer
-from ..status import (
-    UnreadableJob,
-    UnreadableWorker,
-    fetch_jobs,
-    latest_result,
-    queue_names_in_redis,
-    read_workers,
-    requeue_failed,
-    requeue_failed_job,
-    worker_keys,
-)
+from ..status import requeue_failed, requeue_failed_job
 
 if TYPE_CHECKING:
     from redis import Redis
 
 RQ_BLUEPRINT = "rq_dashboard"
-
-_REGISTRIES: dict[str, type[BaseRegistry]] = {
-    "failed": FailedJobRegistry,
-    "deferred": DeferredJobRegistry,
-    "started": StartedJobRegistry,
-    "finished": FinishedJobRegistry,
-    "scheduled": ScheduledJobRegistry,
-    "canceled": CanceledJobRegistry,
-}
 
 
 def text(status: int, message: str) -> Response:
@@ -102,14 +82,19 @@ def rq_endpoints(app: Flask) -> set[str]:
     }
 
 
-def _job_class() -> type[MessagingJob]:
-    """The app's job class for reading: bounded, keeping no payload."""
-    return job_class_for(get_state().settings.max_message_bytes, for_display=True)
+def _display() -> RQObjects:
+    """The app's RQ objects for reading: bounded, keeping no payload."""
+    return RQObjects.of(get_state(), for_display=True)
+
+
+def _bound() -> int:
+    """The most bytes a field of a job is read with, inflated or not."""
+    return _display().job_class.max_field_bytes
 
 
 def _fetch(job_id: str) -> Job | UnreadableJob:
     """The job, or what can be said of one refused, unreadable or too large."""
-    jobs = fetch_jobs(_redis(), [job_id], _job_class())
+    jobs = fetch_jobs(_display(), [job_id])
     if not jobs:
         abort(404)
     return jobs[0]
@@ -154,7 +139,7 @@ def _job_info(instance_number: int, job_id: str) -> Response:
             }
         )
     # The text is read with a bound; dispatch returns nothing worth showing.
-    result = latest_result(_redis(), job.id, _job_class().max_field_bytes)
+    result = latest_result(_redis(), job.id, _bound())
     failed = result is not None and result.type != "SUCCESSFUL"
     return _json(
         {
@@ -183,7 +168,7 @@ def _list_jobs(
     order: str,
     page: str,
 ) -> Response:
-    # Bounds checked by rq_pages.missing before this view runs.
+    # Bounds checked by pages.missing before this view runs.
     size, current = int(per_page), int(page)
     connection = _redis()
     key = _list_key(queue_name, registry_name)
@@ -193,7 +178,7 @@ def _list_jobs(
     )
     total, raw_ids = found or (0, [])
     ids = [_job_id(registry_name, raw) for raw in raw_ids]
-    rows = [_job_row(job) for job in fetch_jobs(connection, _texts(ids), _job_class())]
+    rows = [_job_row(job) for job in fetch_jobs(_display(), _texts(ids))]
     rows += [
         {**_job_row(UnreadableJob(shown(raw), _NOT_TEXT)), "unlisted": True}
         for raw, job_id in zip(raw_ids, ids, strict=True)
@@ -249,7 +234,7 @@ def _job_id(registry_name: str, entry: bytes) -> str | None:
     text = decoded(entry)
     if text is None or registry_name == "queued":
         return text
-    return _REGISTRIES[registry_name].parse_job_id(text)
+    return REGISTRIES[registry_name].parse_job_id(text)
 
 
 def _texts(ids: list[str | None]) -> list[str]:
@@ -260,11 +245,10 @@ def _texts(ids: list[str | None]) -> list[str]:
 def _list_key(queue_name: str, registry_name: str) -> str:
     """The Redis key of a queue's list of jobs (``queued``) or of a registry."""
     if registry_name == "queued":
-        return str(Queue(queue_name, connection=_redis()).key)
-    registry_class = _REGISTRIES.get(registry_name)
-    if registry_class is None:
+        return queue_key(queue_name)
+    if registry_name not in REGISTRIES:
         abort(404)
-    return registry_class(queue_name, connection=_redis()).key
+    return registry_key(registry_name, queue_name)
 
 
 def _wrong_type(key: str, registry_name: str) -> str:
@@ -282,7 +266,7 @@ def _job_row(job: Job | UnreadableJob) -> dict[str, Any]:
             "exc_info": _redacted(job.error),
             "description": job.description,
         }
-    result = latest_result(job.connection, job.id, _job_class().max_field_bytes)
+    result = latest_result(job.connection, job.id, _bound())
     failed = result is not None and result.type != "SUCCESSFUL"
     return {
         "id": job.id,
@@ -335,7 +319,7 @@ def _list_workers(instance_number: int) -> Response:
     keys = worker_keys(_redis())
     workers = [
         _worker_row(worker)
-        for worker in read_workers(_redis(), _page_slice(keys, number))
+        for worker in read_workers(_display(), _page_slice(keys, number))
     ]
     workers.sort(key=lambda w: (w["state"], w["queues"], w["name"]))
     return _json(
@@ -385,7 +369,7 @@ def _current_job(worker: BaseWorker) -> Job | UnreadableJob | None:
     job_id = worker.get_current_job_id()
     if job_id is None:
         return None
-    jobs = fetch_jobs(_redis(), [job_id], _job_class())
+    jobs = fetch_jobs(_display(), [job_id])
     return jobs[0] if jobs else None
 
 
@@ -396,7 +380,7 @@ def _list_queues(instance_number: int) -> Response:
     connection = _redis()
     names = queue_names_in_redis(connection)
     rows = [
-        _queue_row(instance_number, Queue(name, connection=connection))
+        _queue_row(instance_number, connection, name)
         for name in _page_slice(names, number)
     ]
     return _json({"queues": rows, "pagination": _listing(names, number, "list_queues")})
@@ -414,17 +398,17 @@ _COUNTED = {
 }
 
 
-def _queue_row(instance_number: int, queue: Queue) -> dict[str, Any]:
+def _queue_row(instance_number: int, connection: Redis, name: str) -> dict[str, Any]:
     """rq-dashboard's row of a queue; a key of another type counts "unreadable"."""
-    row: dict[str, Any] = {"name": queue.name}
+    row: dict[str, Any] = {"name": name}
     for field, registry_name in _COUNTED.items():
-        key = _list_key(queue.name, registry_name)
-        found = page_of_members(queue.connection, key, 0, 0)
+        key = _list_key(name, registry_name)
+        found = page_of_members(connection, key, 0, 0)
         row[field] = "unreadable" if found is None else found[0]
         row[f"{registry_name}_url"] = url_for(
             f"{RQ_BLUEPRINT}.jobs_overview",
             instance_number=instance_number,
-            queue_name=queue.name,
+            queue_name=name,
             registry_name=registry_name,
             per_page=8,
             order="asc",
@@ -440,11 +424,8 @@ def _delete_job_view(job_id: str) -> Response:
 
 
 def _delete(job_id: str, registry: BaseRegistry | None = None) -> bool:
-    connection = _redis()
     try:
-        job = _job_class().fetch(
-            job_id, connection=connection, serializer=JSONSerializer
-        )
+        job = _display().fetch(job_id, strict=True)
     except NoSuchJobError:
         if registry is not None and not isinstance(registry, StartedJobRegistry):
             registry.remove(job_id)  # an id whose job expired
@@ -473,15 +454,15 @@ def _delete_unreadable(job_id: str, registry: BaseRegistry | None) -> bool:
     if key_type(connection, key) == "hash":
         origin = connection.hget(key, "origin")
     names = {registry.name} if registry is not None else set()
-    if not isinstance(origin, bytes) or len(origin) > _job_class().max_field_bytes:
+    if not isinstance(origin, bytes) or len(origin) > _bound():
         names.update(get_state().queue_names())
     elif origin:
         names.add(origin.decode(errors="replace"))
     with connection.pipeline() as pipe:
         for name in names:
-            pipe.lrem(Queue(name, connection=connection).key, 0, job_id)
-            for registry_class in _REGISTRIES.values():
-                pipe.zrem(registry_class(name, connection=connection).key, job_id)
+            pipe.lrem(queue_key(name), 0, job_id)
+            for kind in REGISTRIES:
+                pipe.zrem(registry_key(kind, name), job_id)
         results = Result.get_key(job_id)  # type: ignore[no-untyped-call]
         pipe.delete(key, Job.dependents_key_for(job_id), results)
         deleted = pipe.execute()[-1]
@@ -518,13 +499,12 @@ def _empty_queue(queue_name: str, registry_name: str) -> Response:
     if kind not in ("none", "list" if registry_name == "queued" else "zset"):
         connection.delete(key)  # not RQ's: nothing in it can be read as a job
         return _json({"status": "OK"})
+    # The workers' objects: these delete, and the display's never write.
+    objects = RQObjects.of(get_state())
     if registry_name == "queued":
-        queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
-        queue.empty()  # type: ignore[no-untyped-call]
+        objects.queue(queue_name).empty()  # type: ignore[no-untyped-call]
         return _json({"status": "OK"})
-    registry = _REGISTRIES[registry_name](
-        queue_name, connection=connection, serializer=JSONSerializer
-    )
+    registry = objects.registry(registry_name, queue_name)
     found = page_of_members(connection, key, 0, 2**62)
     for raw in found[1] if found else []:
         job_id = _job_id(registry_name, raw)
@@ -543,7 +523,7 @@ def _compact_queue(queue_name: str) -> Response:
     the ids still in the renamed list.
     """
     connection = _redis()
-    key = Queue(queue_name, connection=connection).key
+    key = queue_key(queue_name)
     kind = key_type(connection, key)
     if kind not in ("none", "list"):
         return _json({"status": "ERROR", "error": _wrong_type(key, "queued")}, 409)
