@@ -104,11 +104,19 @@ OVERRIDES: dict[tuple[type, type], dict[str, str]] = {
     (_MessagingWorkerMixin, BaseWorker): {
         "heartbeat": (
             "repeated heartbeats are skipped; a worker Redis lost registers"
-            " again (workers.py)"
+            " again; a worker key of another type is replaced; a stop whose"
+            " exception was lost ends the idle wait (workers.py)"
+        ),
+        "request_stop": (
+            "a stop asked for is kept as a flag, should RQ's exception be"
+            " lost (workers.py)"
         ),
         "bootstrap": "a worker logs the subscribers it serves (workers.py)",
         "unsubscribe": "an exit does not wait a second for pub/sub (workers.py)",
-        "set_state": "a state the worker has is not written again (workers.py)",
+        "set_state": (
+            "a state the worker has is not written again; a worker key of"
+            " another type is replaced (workers.py)"
+        ),
         "perform_job": "each job runs inside the Flask app context (workers.py)",
         "prepare_job_execution": (
             "the id leaves the intermediate list, whatever the number of queues"
@@ -124,8 +132,6 @@ OVERRIDES: dict[tuple[type, type], dict[str, str]] = {
             "the failure text is made valid UTF-8, so that it is recorded"
             " (job_faults.py)"
         ),
-        "heartbeat": "a worker key of another type is replaced (job_faults.py)",
-        "set_state": "a worker key of another type is replaced (job_faults.py)",
         "execute_job": "one job's fault fails that job, not the worker",
         "clean_registries": "no entry stops a queue's clean-up (queue_cleanup.py)",
         "_start_scheduler": "the worker's scheduler is a CheckedScheduler",

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from flask import Flask
 from redis.exceptions import ResponseError
 from rq import Queue, SimpleWorker, Worker
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import BaseWorker
@@ -64,9 +65,22 @@ class _MessagingWorkerMixin:
         #: When this worker last looked at the scheduler locks (monotonic);
         #: None while it does not (in a burst, or without a scheduler).
         self._scheduling_checked_at: float | None = None
+        #: True while RQ's idle loop waits for a job (see request_stop).
+        self._waiting_for_job = False
         super().__init__(*args, **kwargs)
 
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        # RQ raises StopRequested out of this handler when the worker is idle.
+        # Raised while a finalizer or a logging handler runs, Python drops it
+        # ("Exception ignored in ...") and the worker waits on, an orphan if
+        # its parent died: the flag stays, and the idle loop looks at it at
+        # its next turn (heartbeat, below).
+        self._stop_requested = True
+        super().request_stop(signum, frame)  # type: ignore[misc]
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if self._waiting_for_job and self._stop_requested:
+            raise StopRequested()
         if pipeline is None:
             self._keep_scheduling()
         # RQ sends one before and one after every dequeue (three round trips
@@ -226,6 +240,7 @@ class _MessagingWorkerMixin:
         # RQ's work loop quits on an error it did not expect, such as a job
         # hash it cannot parse: fail that job instead, and take the next.
         while True:
+            self._waiting_for_job = True
             try:
                 return super().dequeue_job_and_maintain_ttl(  # type: ignore[misc,no-any-return]
                     timeout, max_idle_time
@@ -236,6 +251,8 @@ class _MessagingWorkerMixin:
                 if job_id is None or not isinstance(queue, Queue):
                     raise
                 self._fail_unreadable(job_id, queue, exc)
+            finally:
+                self._waiting_for_job = False
 
     def _keep_scheduling(self) -> None:
         """Run RQ's scheduler here if no live worker does (see :mod:`.scheduling`).
