@@ -48,7 +48,7 @@ import sqlalchemy as sa
 from redis.exceptions import RedisError
 
 from . import envelope as codec
-from .dispatch import Delivery, DurableJobSink
+from .dispatch import Delivery
 from .message import Message
 from .tables import table_on, utcnow
 
@@ -291,13 +291,13 @@ class Relay:
                 "The outbox is off: bind a database (messaging.init_app(app,"
                 " db=db)) and keep MESSAGING_OUTBOX = True to use the relay."
             )
-        if not isinstance(state.jobs, DurableJobSink):
+        if state.durable_jobs is None:
             raise RuntimeError(
                 "MESSAGING_ASYNC is off: async subscribers run inline and nothing"
                 " is written to the outbox, so there is nothing to relay."
             )
         self.state = state
-        self.jobs: DurableJobSink = state.jobs
+        self.jobs = state.durable_jobs
         self.table = state.outbox
         #: The app's outbox settings; their times are in seconds.
         self.settings = state.settings.outbox

@@ -91,6 +91,11 @@ class MessagingState:
         #: The worker threads of ``memory://``, once its first job started them.
         self.embedded_worker: BackgroundWorker | None = None
         self.jobs = make_jobs(self)
+        #: The job sink again when its jobs outlive this process (RQ), else
+        #: None (inline delivery): decided once, not at every commit.
+        self.durable_jobs: DurableJobSink | None = (
+            self.jobs if isinstance(self.jobs, DurableJobSink) else None
+        )
         self.broker = MemoryBroker(
             self.registry,
             jobs=self.jobs,
@@ -100,7 +105,7 @@ class MessagingState:
     @property
     def writes_outbox(self) -> bool:
         """Whether committed events are stored in the outbox (not in tests)."""
-        return self.outbox is not None and isinstance(self.jobs, DurableJobSink)
+        return self.outbox is not None and self.durable_jobs is not None
 
     def queue_names(self) -> tuple[str, ...]:
         """Queues workers listen on by default, highest priority first.

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, SessionTransaction, SessionTransactionOrigin
 
 from . import commit_order
 from . import envelope as codec
-from .dispatch import Delivery, DurableJobSink
+from .dispatch import Delivery
 from .errors import DeliveryError, raise_failures
 from .message import Message
 from .message_broker import MessageBroker
@@ -425,10 +425,10 @@ def _deliver(
                 event.message, event.message_id, event.data, errors
             )
         messages.append((event.message_id, deliveries))
-    jobs = state.jobs
-    if not isinstance(jobs, DurableJobSink):  # runs handlers at once
+    jobs = state.durable_jobs
+    if jobs is None:  # the sink runs the handlers at once
         try:
-            jobs.enqueue([d for _, deliveries in messages for d in deliveries])
+            state.jobs.enqueue([d for _, deliveries in messages for d in deliveries])
         except DeliveryError as group:
             errors = [*(errors or ()), *group.exceptions]
     elif state.writes_outbox and stored:
