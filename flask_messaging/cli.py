@@ -145,6 +145,14 @@ def subscribers_command(as_json: bool) -> None:
     help="How many worker processes to run.",
 )
 @click.option(
+    "-t",
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Jobs each process runs at once, each in a thread of its own."
+    "  [default: MESSAGING_WORKER_THREADS, 1]",
+)
+@click.option(
     "--fork/--no-fork",
     default=False,
     show_default=True,
@@ -176,6 +184,7 @@ def worker_command(
     queues: tuple[str, ...],
     burst: bool,
     processes: int,
+    threads: int | None,
     fork: bool,
     scheduler: bool,
     max_jobs: int | None,
@@ -193,6 +202,14 @@ def worker_command(
 
     state = _server_state("separate workers")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if threads is None:
+        threads = state.settings.worker_threads
+    if fork and threads > 1:
+        raise click.UsageError(
+            f"--fork runs one job at a time, in a work horse process: it cannot"
+            f" run {threads} threads. Use --threads 1 with --fork, or --threads"
+            " without --fork (MESSAGING_WORKER_THREADS sets the default)."
+        )
     try:
         state.redis.ping()
     except Exception as exc:
@@ -217,6 +234,7 @@ def worker_command(
         app,
         queues,
         processes=processes,
+        threads=threads,
         burst=burst,
         with_scheduler=scheduler,
         fork=fork,

@@ -48,6 +48,7 @@ DEFAULTS: Mapping[str, Any] = {
     "MESSAGING_JOB_TTL": _DEFAULT_JOBS.ttl,
     "MESSAGING_MAX_MESSAGE_BYTES": 1024 * 1024,
     "MESSAGING_EMBEDDED_WORKER": True,
+    "MESSAGING_WORKER_THREADS": 1,
     "MESSAGING_SIGNING_KEY": None,
     "MESSAGING_SIGNING_FALLBACK_KEYS": None,
     "MESSAGING_OUTBOX": True,
@@ -96,6 +97,8 @@ class Settings:
     outbox: OutboxSettings
     #: With ``memory://``: run jobs in a worker thread of the app's process.
     embedded_worker: bool
+    #: Jobs a ``flask messaging worker`` process runs at once (``--threads``).
+    worker_threads: int = 1
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -115,6 +118,7 @@ class Settings:
                 config, "MESSAGING_MAX_MESSAGE_BYTES", minimum=1
             ),
             embedded_worker=_boolean(config, "MESSAGING_EMBEDDED_WORKER"),
+            worker_threads=_count(config, "MESSAGING_WORKER_THREADS", minimum=1),
             outbox=OutboxSettings(
                 enabled=_boolean(config, "MESSAGING_OUTBOX"),
                 table=_string(config, "MESSAGING_OUTBOX_TABLE"),

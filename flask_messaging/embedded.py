@@ -15,7 +15,8 @@ import time
 from collections.abc import Sequence
 
 from ._rq.enqueue import RQJobs
-from ._rq.workers import ThreadScheduler, ThreadWorker, make_worker
+from ._rq.factory import make_worker
+from ._rq.workers import ThreadScheduler, ThreadWorker
 from .dispatch import Delivery
 from .outbox import Relay
 from .restart_pause import RestartPause

@@ -23,12 +23,9 @@ from typing import Any
 from flask import Flask
 from redis.exceptions import RedisError
 
-from ._rq.workers import (
-    ForkingMessagingWorker,
-    MessagingWorker,
-    make_worker,
-    stop_was_asked,
-)
+from ._rq.factory import make_worker
+from ._rq.threaded import ThreadedMessagingWorker
+from ._rq.workers import ForkingMessagingWorker, MessagingWorker, stop_was_asked
 from .outbox import Relay
 from .parent_death import stop_with_parent
 from .restart_pause import RestartPause
@@ -39,6 +36,7 @@ __all__ = [
     "ForkingMessagingWorker",
     "MessagingWorker",
     "RestartPause",
+    "ThreadedMessagingWorker",
     "make_worker",
     "run_workers",
 ]
@@ -51,6 +49,7 @@ def run_workers(
     queues: Sequence[str] = (),
     *,
     processes: int = 1,
+    threads: int = 1,
     burst: bool = False,
     with_scheduler: bool = True,
     fork: bool = False,
@@ -68,9 +67,16 @@ def run_workers(
     ``kill -9``). Each child stops warm
     if this process dies (:mod:`flask_messaging.parent_death`).
 
+    :param threads: jobs each process runs at once (see
+        :class:`~flask_messaging._rq.threaded.ThreadedMessagingWorker`).
     :param relay: also relay the outbox from this process: one pass before a
         burst, else in a thread for as long as the workers run.
     """
+    if fork and threads > 1:
+        raise ValueError(
+            "A forking worker runs one job at a time, in its work horse: use"
+            " --threads 1 with --fork, or --threads without --fork."
+        )
     work_kwargs: dict[str, Any] = {
         "burst": burst,
         "with_scheduler": with_scheduler,
@@ -83,7 +89,7 @@ def run_workers(
         relay = None
     if processes == 1:
         with _relaying(app, relay):
-            _work(app, queues, fork, work_kwargs)
+            _work(app, queues, fork, threads, work_kwargs)
         return 0
 
     # One worker per child process; the parent relays signals, waits, and
@@ -93,7 +99,7 @@ def run_workers(
     supervisor = Supervisor(
         lambda n: context.Process(
             target=_child,
-            args=(app, queues, fork, work_kwargs, parent_pid),
+            args=(app, queues, fork, threads, work_kwargs, parent_pid),
             name=f"worker-{n}",
         ),
         ends_on_its_own=bool(burst or max_jobs),
@@ -139,6 +145,7 @@ def _child(
     app: Flask,
     queues: Sequence[str],
     fork: bool,
+    threads: int,
     work_kwargs: dict[str, Any],
     parent_pid: int,
 ) -> None:
@@ -153,7 +160,7 @@ def _child(
     # it (_stop_group); the parent passes on SIGTERM and SIGINT.
     os.setpgid(0, 0)
     get_state(app).reset_after_fork()
-    _work(app, queues, fork, work_kwargs)
+    _work(app, queues, fork, threads, work_kwargs)
 
 
 def _exit_asked(signum: int, frame: FrameType | None) -> None:
@@ -161,7 +168,11 @@ def _exit_asked(signum: int, frame: FrameType | None) -> None:
 
 
 def _work(
-    app: Flask, queues: Sequence[str], fork: bool, work_kwargs: dict[str, Any]
+    app: Flask,
+    queues: Sequence[str],
+    fork: bool,
+    threads: int,
+    work_kwargs: dict[str, Any],
 ) -> None:
     """Run a worker until asked to stop, replacing it if RQ's loop gives up.
 
@@ -173,7 +184,7 @@ def _work(
     pauses = RestartPause()
     while True:
         worker: MessagingWorker | ForkingMessagingWorker = make_worker(
-            app, queues, fork=fork
+            app, queues, fork=fork, threads=threads
         )
         started = time.monotonic()
         try:

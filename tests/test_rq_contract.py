@@ -63,6 +63,7 @@ from flask_messaging._rq.workers import (
     ForkingMessagingWorker,
     MessagingWorker,
     ThreadWorker,
+    _LeanJobs,
     _MessagingWorkerMixin,
 )
 from flask_messaging.dispatch import DISPATCH_FUNCTION, Delivery
@@ -112,6 +113,10 @@ OVERRIDES: dict[tuple[type, type], dict[str, str]] = {
             " lost (workers.py)"
         ),
         "bootstrap": "a worker logs the subscribers it serves (workers.py)",
+        "check_for_suspension": (
+            "'rq suspend' is looked for once a second, not before every job"
+            " (workers.py)"
+        ),
         "unsubscribe": "an exit does not wait a second for pub/sub (workers.py)",
         "set_state": (
             "a state the worker has is not written again; a worker key of"
@@ -140,6 +145,12 @@ OVERRIDES: dict[tuple[type, type], dict[str, str]] = {
         "monitor_work_horse": (
             "a work horse that exited 0 with its job started fails the job"
             " (job_faults.py)"
+        ),
+    },
+    (_LeanJobs, BaseWorker): {
+        "execute_job": (
+            "a job's start and end are written in one pipeline each, with RQ's"
+            " building blocks (lifecycle.py)"
         ),
     },
     (ForkingMessagingWorker, Worker): {

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rq import Queue
 from rq.exceptions import DequeueTimeout
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from rq.serializers import Serializer
     from rq.timeouts import BaseDeathPenalty
 
-__all__ = ["WAKE_POLL", "MessagingQueue", "wake_key"]
+__all__ = ["WAKE_POLL", "MessagingQueue", "Taken", "wake_key"]
 
 #: Longest wait, in seconds, for a job pushed without a wake token.
 WAKE_POLL = 1
@@ -58,16 +58,16 @@ def wake_key(queue_name: str) -> str:
 
 # KEYS: per queue, in priority order: the queue, its intermediate list, its
 # wake list, its started and failed registries. ARGV: the job key prefix,
-# the most fields and the most bytes of a field a job hash may hold. Takes
-# the first waiting id and one token of its queue, and returns
-# {queue key, job id, the job's hash, why it is refused ("" if not), keys of
-# another type, "large" if refused for its size}: the hash comes with the id
-# (a round trip fewer per job) unless it is not a hash or too large to read.
-# Every key this writes, or that handling the job writes, is checked for its
-# type first: Redis does not undo the writes of a script that fails
-# half-way, and a job popped then not pushed would be in no list at all. A
-# queue with such a key is skipped. When no queue has a job, drops their
-# tokens.
+# the most fields and the most bytes of a field a job hash may hold, the most
+# jobs to take. Takes waiting ids in priority order, each with one token of
+# its queue, and returns {keys of another type, then per id taken: {queue
+# key, job id, the job's hash, why it is refused ("" if not), "large" if
+# refused for its size}}: the hash comes with the id (a round trip fewer per
+# job) unless it is not a hash or too large to read. Every key this writes,
+# or that handling the job writes, is checked for its type first: Redis does
+# not undo the writes of a script that fails half-way, and a job popped then
+# not pushed would be in no list at all. A queue with such a key is skipped.
+# When no queue has a job, drops their tokens.
 _TAKE = LuaScript("""
 local wrong = {}
 local function usable(key, kind, queue)
@@ -78,6 +78,31 @@ local function usable(key, kind, queue)
   wrong[#wrong + 1] = {key, found, kind, queue}
   return false
 end
+local function read(queue_key, job_id)
+  local key = ARGV[1] .. job_id
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then
+    return {queue_key, job_id, {}, '', ''}
+  end
+  if kind ~= 'hash' then
+    return {queue_key, job_id, {}, 'its key is a ' .. kind ..
+      ', not a job hash', ''}
+  end
+  local count = redis.call('HLEN', key)
+  if count > tonumber(ARGV[2]) then
+    return {queue_key, job_id, {}, 'its hash has ' .. count ..
+      ' fields; flask-messaging jobs have at most ' .. ARGV[2], 'large'}
+  end
+  for _, name in ipairs(redis.call('HKEYS', key)) do
+    local size = redis.call('HSTRLEN', key, name)
+    if size > tonumber(ARGV[3]) then
+      return {queue_key, job_id, {}, 'its field ' .. name .. ' holds ' ..
+        size .. ' bytes, over the ' .. ARGV[3] ..
+        ' that twice MESSAGING_MAX_MESSAGE_BYTES allows', 'large'}
+    end
+  end
+  return {queue_key, job_id, redis.call('HGETALL', key), '', ''}
+end
 local usable_queues = {}
 for i = 1, #KEYS, 5 do
   local ok = usable(KEYS[i], 'list', KEYS[i])
@@ -87,46 +112,41 @@ for i = 1, #KEYS, 5 do
   ok = usable(KEYS[i + 4], 'zset', KEYS[i]) and ok
   usable_queues[i] = ok
 end
+local taken = {wrong}
+local limit = tonumber(ARGV[4]) + 1
 for i = 1, #KEYS, 5 do
-  if usable_queues[i] then
+  while usable_queues[i] and #taken < limit do
     local job_id = redis.call('LPOP', KEYS[i])
-    if job_id then
-      redis.call('RPUSH', KEYS[i + 1], job_id)
-      redis.call('LPOP', KEYS[i + 2])
-      local key = ARGV[1] .. job_id
-      local kind = redis.call('TYPE', key)['ok']
-      if kind == 'none' then
-        return {KEYS[i], job_id, {}, '', wrong}
-      end
-      if kind ~= 'hash' then
-        return {KEYS[i], job_id, {}, 'its key is a ' .. kind ..
-          ', not a job hash', wrong}
-      end
-      local count = redis.call('HLEN', key)
-      if count > tonumber(ARGV[2]) then
-        return {KEYS[i], job_id, {}, 'its hash has ' .. count ..
-          ' fields; flask-messaging jobs have at most ' .. ARGV[2], wrong,
-          'large'}
-      end
-      for _, name in ipairs(redis.call('HKEYS', key)) do
-        local size = redis.call('HSTRLEN', key, name)
-        if size > tonumber(ARGV[3]) then
-          return {KEYS[i], job_id, {}, 'its field ' .. name .. ' holds ' ..
-            size .. ' bytes, over the ' .. ARGV[3] ..
-            ' that twice MESSAGING_MAX_MESSAGE_BYTES allows', wrong, 'large'}
-        end
-      end
-      return {KEYS[i], job_id, redis.call('HGETALL', key), '', wrong}
+    if not job_id then
+      break
+    end
+    redis.call('RPUSH', KEYS[i + 1], job_id)
+    redis.call('LPOP', KEYS[i + 2])
+    taken[#taken + 1] = read(KEYS[i], job_id)
+  end
+end
+if #taken == 1 then
+  for i = 1, #KEYS, 5 do
+    if usable_queues[i] then
+      redis.call('DEL', KEYS[i + 2])
     end
   end
 end
-for i = 1, #KEYS, 5 do
-  if usable_queues[i] then
-    redis.call('DEL', KEYS[i + 2])
-  end
-end
-return {'', '', {}, '', wrong}
+return taken
 """)
+
+
+class Taken(NamedTuple):
+    """What one take found."""
+
+    #: Per job taken, the job (or why it is refused, see
+    #: :meth:`MessagingQueue.take`) and its queue.
+    jobs: list[tuple[Job | Exception, Queue]]
+    #: Keys of the queues skipped for a key of another type (logged).
+    skipped: set[str]
+    #: How many ids were taken off the queues, including those that named
+    #: no job.
+    popped: int
 
 
 class MessagingQueue(Queue):
@@ -163,6 +183,51 @@ class MessagingQueue(Queue):
             returns ``None`` at once.
         """
         queues = list(queues)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            taken = cls.take(
+                queues, 1, connection, job_class, serializer, death_penalty_class
+            )
+            if taken.jobs:
+                job, queue = taken.jobs[0]
+                if isinstance(job, Exception):
+                    raise job
+                return job, queue
+            if taken.popped:
+                continue  # an id that named no job: look again
+            if deadline is None:
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DequeueTimeout(timeout, [queue.key for queue in queues])
+            wake_keys = [
+                wake_key(queue.name)
+                for queue in queues
+                if queue.key not in taken.skipped
+            ]
+            if wake_keys:
+                connection.blpop(wake_keys, WAKE_POLL)
+            else:
+                time.sleep(WAKE_POLL)
+
+    @classmethod
+    def take(
+        cls,
+        queues: Sequence[Queue],
+        count: int,
+        connection: Redis,
+        job_class: type[Job] | None = None,
+        serializer: Serializer | str | None = None,
+        death_penalty_class: type[BaseDeathPenalty] | None = None,
+    ) -> Taken:
+        """Take up to ``count`` waiting jobs of ``queues``, in order, in one round trip.
+
+        Each id moves to its queue's intermediate list in the same step. A
+        job refused or unreadable comes as the exception saying why, with
+        ``job_id`` and ``queue`` set on it, for the worker to fail it.
+
+        :return: the jobs taken (see :class:`Taken`).
+        """
         keys: list[str] = []
         for queue in queues:
             keys += (
@@ -172,54 +237,47 @@ class MessagingQueue(Queue):
                 queue.started_job_registry.key,
                 queue.failed_job_registry.key,
             )
-        deadline = None if timeout is None else time.monotonic() + timeout
         job_cls: type[Job] = job_class or Job
         bounds = [
             job_cls.redis_job_namespace_prefix,
             # Bounds of MessagingJob (job.py); RQ's Job has none.
             getattr(job_cls, "max_fields", _NO_BOUND),
             getattr(job_cls, "max_field_bytes", _NO_BOUND),
+            count,
         ]
-        while True:
-            taken = _TAKE.run(connection, keys, bounds)
-            skipped = _skipped_queue_keys(taken[4])
-            if taken[0]:
-                queue = cls.from_queue_key(
-                    as_text(taken[0]),
-                    connection=connection,
-                    job_class=job_cls,
-                    serializer=serializer,
-                    death_penalty_class=death_penalty_class,
+        reply = _TAKE.run(connection, keys, bounds)
+        skipped = _skipped_queue_keys(reply[0])
+        taken: list[tuple[Job | Exception, Queue]] = []
+        for entry in reply[1:]:
+            queue = cls.from_queue_key(
+                as_text(entry[0]),
+                connection=connection,
+                job_class=job_cls,
+                serializer=serializer,
+                death_penalty_class=death_penalty_class,
+            )
+            job_id = decoded(entry[1])
+            if job_id is None:
+                # Names no job, and the failed registry cannot hold it.
+                connection.lrem(queue.intermediate_queue_key, 1, entry[1])
+                logger.error(
+                    "Removed %r from %s: it is not UTF-8, so it names no"
+                    " job (written there by someone else).",
+                    entry[1][:200],
+                    queue.key,
                 )
-                job_id = decoded(taken[1])
-                if job_id is None:
-                    # Names no job, and the failed registry cannot hold it.
-                    connection.lrem(queue.intermediate_queue_key, 1, taken[1])
-                    logger.error(
-                        "Removed %r from %s: it is not UTF-8, so it names no"
-                        " job (written there by someone else).",
-                        taken[1][:200],
-                        queue.key,
-                    )
-                    continue
-                job = _read_taken(job_cls, job_id, queue, taken, serializer)
-                if job is None:
-                    # Expired or deleted while it waited: nothing to run.
-                    connection.lrem(queue.intermediate_queue_key, 1, job_id)
-                    continue
-                return job, queue
-            if deadline is None:
-                return None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DequeueTimeout(timeout, [queue.key for queue in queues])
-            wake_keys = [
-                wake_key(queue.name) for queue in queues if queue.key not in skipped
-            ]
-            if wake_keys:
-                connection.blpop(wake_keys, WAKE_POLL)
-            else:
-                time.sleep(WAKE_POLL)
+                continue
+            try:
+                job = _read_taken(job_cls, job_id, queue, entry, serializer)
+            except Exception as exc:
+                taken.append((exc, queue))
+                continue
+            if job is None:
+                # Expired or deleted while it waited: nothing to run.
+                connection.lrem(queue.intermediate_queue_key, 1, job_id)
+                continue
+            taken.append((job, queue))
+        return Taken(taken, skipped, len(reply) - 1)
 
 
 def _skipped_queue_keys(wrong: list[list[bytes]]) -> set[str]:
@@ -247,7 +305,7 @@ def _read_taken(
     refused = taken[3].decode(errors="backslashreplace")
     try:
         if refused:
-            error = JobTooLargeError if len(taken) > 5 else InvalidJobError
+            error = JobTooLargeError if taken[4] else InvalidJobError
             raise error(f"Refused job {job_id}: {refused}.")
         fields = taken[2]
         if not fields:

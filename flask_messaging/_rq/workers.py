@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
-from collections.abc import Sequence
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 
 from flask import Flask
 from redis.exceptions import ResponseError
 from rq import Queue, SimpleWorker, Worker
 from rq.exceptions import StopRequested
 from rq.job import Job
-from rq.timeouts import TimerDeathPenalty
+from rq.timeouts import JobTimeoutException, TimerDeathPenalty
+from rq.utils import now
 from rq.worker import BaseWorker
 
 from ..state import MessagingState, get_state
-from .dequeue import MessagingQueue
+from . import lifecycle
 from .job_faults import CheckedScheduler, JobFaultsMixin, describe, fail_job
 from .objects import RQObjects
 from .redis_entries import is_wrong_type, key_type
@@ -36,11 +37,8 @@ __all__ = [
     "MessagingWorker",
     "ThreadScheduler",
     "ThreadWorker",
-    "make_worker",
     "stop_was_asked",
 ]
-
-W = TypeVar("W", bound=BaseWorker)
 
 logger = logging.getLogger("flask_messaging")
 
@@ -59,6 +57,9 @@ class _MessagingWorkerMixin:
     #: Seconds: a heartbeat with RQ's default TTL this recent is not repeated.
     HEARTBEAT_INTERVAL = 1.0
 
+    #: Seconds between looks at whether ``rq suspend`` suspended the workers.
+    SUSPENSION_CHECK_INTERVAL = 1.0
+
     def __init__(self, *args: Any, app: Flask, **kwargs: Any) -> None:
         self.app = app
         self._default_heartbeat_at: float | None = None
@@ -67,6 +68,7 @@ class _MessagingWorkerMixin:
         self._scheduling_checked_at: float | None = None
         #: True while RQ's idle loop waits for a job (see request_stop).
         self._waiting_for_job = False
+        self._suspension_checked_at: float | None = None
         super().__init__(*args, **kwargs)
 
     def request_stop(self, signum: Any, frame: Any) -> None:
@@ -77,6 +79,19 @@ class _MessagingWorkerMixin:
         # its next turn (heartbeat, below).
         self._stop_requested = True
         super().request_stop(signum, frame)  # type: ignore[misc]
+
+    def check_for_suspension(self, burst: bool) -> None:
+        # RQ looks before every job, a round trip each: once a second is soon
+        # enough for an operator's 'rq suspend'.
+        moment = time.monotonic()
+        checked_at = self._suspension_checked_at
+        if (
+            checked_at is not None
+            and moment - checked_at < self.SUSPENSION_CHECK_INTERVAL
+        ):
+            return
+        self._suspension_checked_at = moment
+        super().check_for_suspension(burst)  # type: ignore[misc]
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         if self._waiting_for_job and self._stop_requested:
@@ -287,7 +302,41 @@ class _MessagingWorkerMixin:
         return RQObjects(self.connection, max_message_bytes)  # type: ignore[attr-defined]
 
 
-class MessagingWorker(_MessagingWorkerMixin, JobFaultsMixin, SimpleWorker):
+class _LeanJobs:
+    """Runs each job in the worker's thread, with its bookkeeping in two round trips.
+
+    RQ's ``SimpleWorker`` spends about ten Redis round trips on a trivial
+    job; :mod:`.lifecycle` writes the same records in one pipeline as the
+    job starts and one as it ends (the worker turns busy and idle in them).
+    """
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        worker: Any = self
+        (running,) = lifecycle.start(worker, [(job, queue)])
+        if not lifecycle.FAILURE_TAKES_EXECUTION:
+            worker.execution = running.execution  # rq 2 reads it from here
+        try:
+            timeout = job.timeout or queue.DEFAULT_TIMEOUT
+            with worker.app.app_context():
+                with worker.death_penalty_class(
+                    timeout, JobTimeoutException, job_id=job.id
+                ):
+                    job.perform()
+            job.ended_at = now()
+        except BaseException:
+            # A cold shutdown (SystemExit) fails the job in hand, per its
+            # retry policy, before it ends the worker.
+            lifecycle.record_failure(worker, running, lifecycle.current_exc_info())
+            if not isinstance(sys.exc_info()[1], Exception):
+                raise
+        else:
+            lifecycle.record_successes(worker, [running], idle=True)
+        finally:
+            if not lifecycle.FAILURE_TAKES_EXECUTION:
+                worker.execution = None
+
+
+class MessagingWorker(_MessagingWorkerMixin, JobFaultsMixin, _LeanJobs, SimpleWorker):
     """Runs jobs in the worker process itself: no fork per job.
 
     A fork per job costs about four times the work of a trivial handler; a
@@ -306,41 +355,6 @@ class ForkingMessagingWorker(_MessagingWorkerMixin, JobFaultsMixin, Worker):
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         get_state(self.app).reset_after_fork(self.connection)
         super().main_work_horse(job, queue)
-
-
-def make_worker(
-    app: Flask,
-    queues: Sequence[str] = (),
-    *,
-    fork: bool = False,
-    name: str | None = None,
-    worker_class: type[W] | None = None,
-    **kwargs: Any,
-) -> W:
-    """Build a worker for ``app`` on ``queues`` (default ``MESSAGING_QUEUES``).
-
-    Only jobs of this package run: every job is fetched as a
-    :class:`~flask_messaging._rq.job.MessagingJob` bounded by
-    ``MESSAGING_MAX_MESSAGE_BYTES`` and decoded as JSON; a fault of one job
-    fails that job, not the worker (:mod:`flask_messaging._rq.job_faults`).
-    """
-    state = get_state(app)
-    objects = RQObjects.of(state)
-    cls: type[Any] = worker_class or (
-        ForkingMessagingWorker if fork else MessagingWorker
-    )
-    worker: W = cls(
-        list(queues or state.queue_names()),
-        name=name,
-        connection=objects.connection,
-        job_class=objects.job_class,
-        queue_class=MessagingQueue,
-        serializer=objects.serializer,
-        default_result_ttl=state.settings.jobs.result_ttl,
-        app=app,
-        **kwargs,
-    )
-    return worker
 
 
 class ThreadWorker(MessagingWorker):

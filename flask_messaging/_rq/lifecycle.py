@@ -1,0 +1,223 @@
+"""A job's bookkeeping in Redis: one pipeline as it starts, one as it ends.
+
+RQ's worker writes a job's start in two pipelines (its execution, then its
+fields) and its end in a transaction that WATCHes the job's dependents, with
+heartbeats before and after: about ten round trips for a trivial job. Our
+jobs have no dependents, callbacks, repeats or rate limits (``job_hash``
+refuses those fields), so the same writes, made with RQ's own building
+blocks, fit in one pipeline as jobs start and one as they end; a worker
+running several jobs at once (:mod:`.threaded`) shares each pipeline among
+the jobs that start or end together. What RQ's tools read stays as RQ
+leaves it: the execution in the started registry while the job runs, the
+job's status, the result stream, the finished or failed registry, and the
+worker's counters.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.results import Result
+from rq.utils import now, utcformat
+from rq.worker import BaseWorker, WorkerStatus
+
+__all__ = [
+    "FAILURE_TAKES_EXECUTION",
+    "ExcInfo",
+    "Running",
+    "current_exc_info",
+    "extend",
+    "record_failure",
+    "record_successes",
+    "start",
+]
+
+logger = logging.getLogger("flask_messaging")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+# rq 3 passes the execution to handle_job_failure; rq 2 keeps it on the
+# worker (one at a time).
+FAILURE_TAKES_EXECUTION = (
+    "execution" in inspect.signature(BaseWorker.handle_job_failure).parameters
+)
+
+
+@dataclass(eq=False)
+class Running:
+    """A job this worker has started, until its end is recorded."""
+
+    job: Job
+    queue: Queue
+    execution: Execution
+    #: ``time.monotonic()`` past which the job is failed as timed out, or
+    #: None (no timeout).
+    deadline: float | None
+    #: The thread running the handler, while it does (for the watchdog).
+    thread: threading.Thread | None = None
+    #: Its end was recorded without waiting for the handler (timed out).
+    written_off: bool = False
+    #: When its execution was last kept alive (``time.monotonic()``).
+    extended_at: float = field(default_factory=time.monotonic)
+
+
+def start(worker: BaseWorker, taken: Sequence[tuple[Job, Queue]]) -> list[Running]:
+    """Record ``taken`` jobs as started, in one transaction.
+
+    Each gets RQ's execution (in the queue's started registry and the
+    worker's executions), the job's status, start and worker fields, its key
+    made persistent, and its id taken off the queue's intermediate list, as
+    RQ's ``prepare_execution`` and ``prepare_job_execution`` write them.
+    The worker becomes busy if it was not.
+    """
+    running: list[Running] = []
+    started = time.monotonic()
+    with worker.connection.pipeline() as pipe:
+        for job, queue in taken:
+            ttl = worker.get_heartbeat_ttl(job)
+            execution = Execution.create(
+                job, ttl, pipeline=pipe, worker_name=worker.name
+            )
+            job.prepare_for_execution(worker.name, pipe)
+            pipe.persist(job.key)
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            timeout = job.timeout or queue.DEFAULT_TIMEOUT
+            deadline = None if timeout < 0 else started + timeout
+            running.append(Running(job, queue, execution, deadline))
+        if worker.get_state() != WorkerStatus.BUSY:
+            worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
+        pipe.execute()
+    executions = getattr(worker, "executions", None)
+    if isinstance(executions, dict):  # rq 3 keeps every execution in hand
+        for r in running:
+            executions[r.execution.id] = r.execution
+    return running
+
+
+def record_successes(
+    worker: BaseWorker, done: Sequence[Running], idle: bool = False
+) -> None:
+    """Record ``done`` jobs as finished, in one transaction.
+
+    Each job's result (RQ's result stream) and place in the finished registry
+    are kept for its result TTL, its execution is removed from the started
+    registry, and the worker's counters grow, as RQ's ``handle_job_success``
+    writes them; with ``idle``, the worker becomes idle too.
+    """
+    with worker.connection.pipeline() as pipe:
+        for r in done:
+            job = r.job
+            worker.increment_successful_job_count(pipeline=pipe)
+            worker.increment_total_working_time(
+                job.ended_at - job.started_at,  # type: ignore[operator]
+                pipe,
+            )
+            result_ttl = job.get_result_ttl(worker.default_result_ttl)
+            if result_ttl != 0:
+                # RQ's job._handle_success, less its job.save(): that writes
+                # every field again (and compresses the payload again) where
+                # only the status and the end changed.
+                job.set_status(JobStatus.FINISHED, pipeline=pipe)
+                pipe.hset(job.key, "ended_at", utcformat(job.ended_at or now()))
+                Result.create(
+                    job,
+                    Result.Type.SUCCESSFUL,
+                    ttl=result_ttl,
+                    return_value=job._result,
+                    worker_name=worker.name,
+                    pipeline=pipe,
+                    execution_id=r.execution.id,
+                    execution_started_at=r.execution.created_at,
+                    execution_ended_at=job.ended_at,
+                )
+                job.finished_job_registry.add(job, result_ttl, pipe)
+            job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+            r.execution.delete(job, pipe)
+        if idle:
+            worker.set_state(WorkerStatus.IDLE, pipeline=pipe)
+        pipe.execute()
+    _forget(worker, done)
+    for r in done:
+        worker.log.info("%s: Job OK (%s)", r.job.origin, r.job.id)
+
+
+def record_failure(worker: BaseWorker, r: Running, exc_info: ExcInfo) -> None:
+    """Record ``r``'s job as failed by ``exc_info``: retried or failed, per policy.
+
+    Through RQ's ``handle_exception`` (logs, exception handlers) and
+    ``handle_job_failure`` (retry or failed registry). One caller at a time:
+    rq 2 reads the execution from the worker.
+    """
+    job = r.job
+    job.ended_at = job.ended_at or now()
+    worker.handle_exception(job, *exc_info)
+    exc_string = "".join(traceback.format_exception(*exc_info))
+    if FAILURE_TAKES_EXECUTION:
+        worker.handle_job_failure(
+            job=job,
+            queue=r.queue,
+            started_job_registry=r.queue.started_job_registry,
+            exc_string=exc_string,
+            execution=r.execution,
+        )
+    else:
+        worker.execution = r.execution
+        try:
+            worker.handle_job_failure(
+                job=job,
+                queue=r.queue,
+                started_job_registry=r.queue.started_job_registry,
+                exc_string=exc_string,
+            )
+        finally:
+            worker.execution = None
+    _forget(worker, [r])
+
+
+def extend(worker: BaseWorker, running: Sequence[Running]) -> None:
+    """Keep the executions of long jobs alive, as RQ's work horse monitor does.
+
+    Without it, a job running longer than about its heartbeat TTL (RQ's
+    ``job_monitoring_interval`` plus a minute) would look abandoned to the
+    clean-up of every other worker.
+    """
+    if not running:
+        return
+    with worker.connection.pipeline() as pipe:
+        worker.heartbeat(worker.worker_ttl + 60, pipeline=pipe)
+        for r in running:
+            job = r.job
+            working = (now() - job.started_at).total_seconds() if job.started_at else 0
+            ttl = int(worker.get_heartbeat_ttl(job, working_time=working))
+            r.execution.heartbeat(job.started_job_registry, ttl, pipeline=pipe)
+            job.heartbeat(now(), ttl, pipeline=pipe, xx=True)
+        pipe.execute()
+    extended = time.monotonic()
+    for r in running:
+        r.extended_at = extended
+
+
+def current_exc_info() -> ExcInfo:
+    """``sys.exc_info()`` inside an ``except`` block, typed as never empty."""
+    exc_type, exc, tb = sys.exc_info()
+    assert exc_type is not None and exc is not None
+    return exc_type, exc, tb
+
+
+def _forget(worker: BaseWorker, done: Sequence[Running]) -> None:
+    executions: Any = getattr(worker, "executions", None)
+    if isinstance(executions, dict):
+        for r in done:
+            executions.pop(r.execution.id, None)

@@ -1,0 +1,438 @@
+"""A worker that runs several jobs at once: ``flask messaging worker --threads N``.
+
+One worker process, one registration in RQ's tools, up to ``threads`` jobs
+in hand, each with its own execution in the started registry:
+
+- the main thread runs RQ's work loop (heartbeats, maintenance, scheduling,
+  signals); it takes a job only while an executor thread is free, through
+  :class:`~.dequeue.MessagingQueue` (no job lost by a dying worker), and
+  records its start (:func:`.lifecycle.start`);
+- ``threads`` executor threads run the handlers, each job in an app context
+  of its own;
+- a recorder thread writes the jobs' ends: the successes that end together
+  in one pipeline, failures through RQ's failure handling (retries, failed
+  registry);
+- a watchdog keeps the executions of long jobs alive and fails a job past
+  its timeout at once, per its retry policy, while the others go on (see
+  :meth:`ThreadedMessagingWorker._write_off`).
+
+A warm shutdown (SIGTERM, Ctrl+C) stops taking jobs and lets those in hand
+finish; a second signal stops at once, and the jobs in hand are failed (and
+retried, per policy) before the process exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue as queues
+import threading
+import time
+from functools import partial
+from typing import Any
+
+from rq.job import Job
+from rq.queue import Queue
+from rq.timeouts import JobTimeoutException
+from rq.utils import now
+from rq.worker import WorkerStatus
+
+from ..errors import LOST_REDIS
+from . import lifecycle
+from .dequeue import MessagingQueue
+from .job_faults import describe, fail_job
+from .lifecycle import ExcInfo, Running
+from .workers import MessagingWorker
+
+__all__ = ["ThreadedMessagingWorker"]
+
+logger = logging.getLogger("flask_messaging")
+
+#: Seconds between the watchdog's looks at the jobs in hand.
+WATCH_INTERVAL = 0.2
+
+#: Most job ends the recorder writes in one pipeline.
+RECORD_BATCH = 100
+
+#: Seconds a cold shutdown waits for the failures of the jobs in hand.
+COLD_RECORD_WAIT = 5.0
+
+_Ended = tuple[Running, ExcInfo | None]
+
+
+class ThreadedMessagingWorker(MessagingWorker):
+    """Runs up to ``threads`` jobs at once in one process (see the module)."""
+
+    def __init__(self, *args: Any, threads: int, **kwargs: Any) -> None:
+        if threads < 2:
+            raise ValueError(
+                f"A threaded worker runs 2 or more threads, not {threads}:"
+                " use MessagingWorker for one."
+            )
+        super().__init__(*args, **kwargs)
+        self.threads = threads
+        self._lock = threading.Condition()
+        self._free = threading.Semaphore(threads)
+        self._todo: queues.SimpleQueue[Running | None] = queues.SimpleQueue()
+        self._ended: queues.SimpleQueue[_Ended | None] = queues.SimpleQueue()
+        #: Jobs started and not yet recorded as ended, by execution id.
+        self._in_hand: dict[str, Running] = {}
+        self._executors: set[threading.Thread] = set()
+        #: Executors whose job was written off: they end when it returns.
+        self._stuck: set[threading.Thread] = set()
+        self._recorder: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self._watching = threading.Event()
+        self._cold = False
+        self._max_jobs: int | None = None
+        #: Jobs taken by this worker (for ``max_jobs``).
+        self._taken = 0
+
+    # -- the main thread: RQ's work loop ----------------------------------
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)
+        for _ in range(self.threads):
+            self._start_executor()
+        self._recorder = _thread(self._record, "flask-messaging-recorder")
+        self._watchdog = _thread(self._watch, "flask-messaging-watchdog")
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        if not self._take_slot():
+            return None
+        result = None
+        try:
+            while True:
+                result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+                # In a burst, a job in hand may still put itself back on a
+                # queue (a retry): the burst ends when none is in hand.
+                if result is not None or timeout is not None:
+                    return result
+                if not self._wait_for_ends():
+                    return None
+        finally:
+            if result is None:
+                self._free.release()
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        self._max_jobs = kwargs.get("max_jobs")
+        return bool(super().work(*args, **kwargs))
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        # RQ's loop hands over one job; take as many more as threads are
+        # free, in the same round trip as far as Redis goes.
+        taken = [(job, queue), *self._take_more()]
+        self._taken += len(taken)
+        if self._max_jobs is not None and self._taken >= self._max_jobs:
+            self._stop_requested = True  # RQ's loop counts one job a call
+        try:
+            started = lifecycle.start(self, taken)
+        except LOST_REDIS:
+            self._release(len(taken))
+            raise  # the jobs wait on the intermediate list for the clean-up
+        except Exception as exc:
+            self._release(len(taken))
+            for job, queue in taken:
+                reason = (
+                    f"The worker could not start job {job.id}: {describe(exc)}."
+                    " It was moved to the failed registry; its handler did not"
+                    " run."
+                )
+                logger.error("%s", reason, exc_info=exc)
+                fail_job(
+                    self.connection,
+                    queue,
+                    job.id,
+                    reason,
+                    self._failure_ttl(),
+                    self.name,
+                )
+            return
+        with self._lock:
+            for running in started:
+                self._in_hand[running.execution.id] = running
+        for running in started:
+            self._todo.put(running)
+
+    def _take_more(self) -> list[tuple[Job, Queue]]:
+        """Take a job for each executor free now (a slot each), in one round trip."""
+        wanted = self.threads - 1
+        if self._max_jobs is not None:
+            wanted = min(wanted, self._max_jobs - self._taken - 1)
+        slots = 0
+        while slots < wanted and self._free.acquire(blocking=False):
+            slots += 1
+        if not slots:
+            return []
+        jobs: list[tuple[Job, Queue]] = []
+        try:
+            taken = MessagingQueue.take(
+                self._ordered_queues,
+                slots,
+                self.connection,
+                self.job_class,
+                self.serializer,
+            )
+            for job, queue in taken.jobs:
+                if isinstance(job, Exception):
+                    self._fail_unreadable(job.job_id, queue, job)  # type: ignore[attr-defined]
+                else:
+                    jobs.append((job, queue))
+        except LOST_REDIS:
+            # Taken or not, the first job goes on; any taken here waits on
+            # its intermediate list for the clean-up.
+            logger.warning("Could not take more jobs.", exc_info=True)
+        self._release(slots - len(jobs))
+        return jobs
+
+    def _release(self, slots: int) -> None:
+        for _ in range(slots):
+            self._free.release()
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        # RQ sets "idle" at each dequeue: not while jobs are in hand.
+        if state == WorkerStatus.IDLE and pipeline is None and self._in_hand:
+            return
+        super().set_state(state, pipeline)
+
+    def request_force_stop(self, signum: Any, frame: Any) -> None:
+        self._cold = True
+        super().request_force_stop(signum, frame)
+
+    def teardown(self) -> None:
+        try:
+            if self._cold:
+                self._write_off_all("the worker was stopped at once (cold shutdown)")
+            else:
+                self._finish_in_hand()
+        finally:
+            super().teardown()  # type: ignore[no-untyped-call]
+
+    def _take_slot(self) -> bool:
+        """Wait for a free executor; False if a stop is asked meanwhile."""
+        while not self._free.acquire(timeout=0.5):
+            if self._stop_requested:
+                return False
+            self.heartbeat()
+        return True
+
+    def _wait_for_ends(self) -> bool:
+        """Wait until no job is in hand; False if none was."""
+        with self._lock:
+            if not self._in_hand:
+                return False
+            self._lock.wait_for(lambda: not self._in_hand)
+        return True
+
+    def _finish_in_hand(self) -> None:
+        """Let the jobs in hand end and their ends be recorded; stop the threads."""
+        with self._lock:
+            executors = list(self._executors)
+        for _ in executors:
+            self._todo.put(None)
+        for thread in executors:
+            thread.join()
+        self._stop_threads()
+
+    def _stop_threads(self, recorder_wait: float | None = None) -> None:
+        self._ended.put(None)
+        if self._recorder is not None:
+            self._recorder.join(recorder_wait)
+        self._watching.set()
+        if self._watchdog is not None:
+            self._watchdog.join(1)
+
+    # -- executor threads -------------------------------------------------
+
+    def _start_executor(self) -> None:
+        with self._lock:
+            n = len(self._executors) + len(self._stuck) + 1
+            thread = _thread(self._execute, f"flask-messaging-executor-{n}")
+            self._executors.add(thread)
+
+    def _execute(self) -> None:
+        me = threading.current_thread()
+        try:
+            while (running := self._todo.get()) is not None:
+                try:
+                    ended = self._perform(running, me)
+                except JobTimeoutException:
+                    ended = None  # late: the job was written off already
+                if ended is None:
+                    if me in self._stuck:
+                        return  # written off and replaced
+                    continue
+                self._ended.put(ended)
+                self._free.release()
+        finally:
+            with self._lock:
+                self._executors.discard(me)
+                self._stuck.discard(me)
+
+    def _perform(self, running: Running, me: threading.Thread) -> _Ended | None:
+        """Run the job's handler; its end, or None if it was written off."""
+        job = running.job
+        exc_info: ExcInfo | None = None
+        with self._lock:
+            if running.written_off:
+                return None  # failed by a cold shutdown before it ran
+            running.thread = me
+        try:
+            with self.app.app_context():
+                job.perform()
+        except BaseException:
+            exc_info = lifecycle.current_exc_info()
+        finally:
+            with self._lock:
+                running.thread = None
+                written_off = running.written_off
+        if written_off:
+            return None
+        job.ended_at = now()
+        return running, exc_info
+
+    # -- the recorder thread ----------------------------------------------
+
+    def _record(self) -> None:
+        while (first := self._ended.get()) is not None:
+            batch = [first]
+            stop = False
+            while len(batch) < RECORD_BATCH:
+                try:
+                    item = self._ended.get_nowait()
+                except queues.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._record_batch(batch)
+            if stop:
+                return
+
+    def _record_batch(self, batch: list[_Ended]) -> None:
+        successes = [running for running, exc_info in batch if exc_info is None]
+        try:
+            if successes:
+                with self._lock:
+                    last = len(self._in_hand) == len(successes) == len(batch)
+                idle = last and self._waiting_for_job
+                _persist(partial(lifecycle.record_successes, self, successes, idle))
+            for running, exc_info in batch:
+                if exc_info is not None:
+                    _persist(partial(lifecycle.record_failure, self, running, exc_info))
+        except Exception:
+            logger.exception(
+                "Could not record the end of %d job(s); RQ's clean-up finds them"
+                " abandoned when their executions expire.",
+                len(batch),
+            )
+        finally:
+            with self._lock:
+                for running, _ in batch:
+                    self._in_hand.pop(running.execution.id, None)
+                self._lock.notify_all()
+
+    # -- the watchdog thread ----------------------------------------------
+
+    def _watch(self) -> None:
+        interval = self.job_monitoring_interval
+        while not self._watching.wait(WATCH_INTERVAL):
+            moment = time.monotonic()
+            with self._lock:
+                in_hand = list(self._in_hand.values())
+            for running in in_hand:
+                deadline = running.deadline
+                if deadline is not None and moment > deadline:
+                    self._write_off(running, _timed_out(running))
+            stale = [
+                r
+                for r in in_hand
+                if not r.written_off and moment - r.extended_at >= interval
+            ]
+            try:
+                lifecycle.extend(self, stale)
+            except Exception:
+                logger.warning("Could not keep the jobs in hand alive.", exc_info=True)
+
+    def _write_off(self, running: Running, exc_info: ExcInfo) -> None:
+        """Record ``running``'s job as failed now, without waiting for its handler.
+
+        Python cannot stop a thread: the handler's thread gets the exception
+        (``JobTimeoutException``) raised in it at its next Python
+        instruction, and a new executor takes its place, so the other jobs
+        go on. A handler blocked in C code runs on unseen; its thread ends
+        when it returns.
+        """
+        with self._lock:
+            if running.written_off or running.thread is None:
+                return
+            running.written_off = True
+            thread = running.thread
+            self._executors.discard(thread)
+            self._stuck.add(thread)
+            stuck = len(self._stuck)
+        self._ended.put((running, exc_info))
+        if thread.ident is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(thread.ident), ctypes.py_object(JobTimeoutException)
+            )
+        self._start_executor()
+        self._free.release()
+        if stuck > self.threads:
+            logger.error(
+                "%d handlers past their timeout still run in worker %s (blocked"
+                " in C code, or catching every exception?); each holds a thread.",
+                stuck,
+                self.name,
+            )
+
+    def _write_off_all(self, why: str) -> None:
+        """Fail every job in hand now, per its retry policy (a cold shutdown)."""
+        with self._lock:
+            in_hand = list(self._in_hand.values())
+        for running in in_hand:
+            if running.thread is None:
+                # Not running yet: it never will in this process.
+                with self._lock:
+                    if running.written_off:
+                        continue
+                    running.written_off = True
+                self._ended.put((running, _error(RuntimeError(why))))
+            else:
+                self._write_off(running, _error(RuntimeError(why)))
+        self._stop_threads(COLD_RECORD_WAIT)
+
+
+def _thread(target: Any, name: str) -> threading.Thread:
+    # Daemons: a cold shutdown must not wait for a handler.
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _timed_out(running: Running) -> ExcInfo:
+    timeout = running.job.timeout or running.queue.DEFAULT_TIMEOUT
+    return _error(
+        JobTimeoutException(f"Task exceeded maximum timeout value ({timeout} seconds)")
+    )
+
+
+def _error(exc: BaseException) -> ExcInfo:
+    return type(exc), exc, None
+
+
+def _persist(write: Any) -> None:
+    """Run ``write``, again while Redis is unreachable (up to about a minute)."""
+    pause = 0.5
+    for attempt in range(8):
+        try:
+            write()
+            return
+        except LOST_REDIS:
+            if attempt == 7:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 10)
