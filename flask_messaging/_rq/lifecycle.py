@@ -54,6 +54,10 @@ FAILURE_TAKES_EXECUTION = (
     "execution" in inspect.signature(BaseWorker.handle_job_failure).parameters
 )
 
+# rq 2 keeps the job in hand in the worker's hash (current_job), rq 3 its
+# executions in a set of their own.
+_KEEPS_CURRENT_JOB = hasattr(BaseWorker, "set_current_job_id")
+
 
 @dataclass(eq=False)
 class Running:
@@ -96,6 +100,11 @@ def start(worker: BaseWorker, taken: Sequence[tuple[Job, Queue]]) -> list[Runnin
             timeout = job.timeout or queue.DEFAULT_TIMEOUT
             deadline = None if timeout < 0 else started + timeout
             running.append(Running(job, queue, execution, deadline))
+        if _KEEPS_CURRENT_JOB:
+            # rq 2 names one job in the worker's hash: the latest started.
+            rq2: Any = worker
+            rq2.set_current_job_id(job.id, pipeline=pipe)
+            rq2.set_current_job_working_time(0, pipeline=pipe)
         if worker.get_state() != WorkerStatus.BUSY:
             worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
         pipe.execute()
@@ -145,6 +154,9 @@ def record_successes(
                 job.finished_job_registry.add(job, result_ttl, pipe)
             job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
             r.execution.delete(job, pipe)
+        if _KEEPS_CURRENT_JOB:
+            rq2: Any = worker
+            rq2.set_current_job_id(None, pipeline=pipe)
         if idle:
             worker.set_state(WorkerStatus.IDLE, pipeline=pipe)
         pipe.execute()

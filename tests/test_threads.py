@@ -1,0 +1,233 @@
+"""``flask messaging worker --threads N``: several jobs at once in one process.
+
+Each test runs a real threaded worker in a burst against the suite's Redis.
+Concurrency is shown with barriers (a job that waits for the others can only
+finish if they run at the same time), never with timings.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from flask import Flask, current_app, g
+from redis import Redis
+from rq import Queue
+
+from flask_messaging import Message, Messaging
+from flask_messaging._rq.job import MessagingJob
+from flask_messaging._rq.serializer import JSONSerializer
+from flask_messaging.state import get_state
+from flask_messaging.worker import ThreadedMessagingWorker, make_worker
+
+QUEUE = "default"
+
+
+@dataclass(frozen=True)
+class Meet(Message, name="tests.threads.meet"):
+    n: int
+
+
+@dataclass(frozen=True)
+class Stall(Message, name="tests.threads.stall"):
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Flaky(Message, name="tests.threads.flaky"):
+    n: int
+
+
+#: What the handlers saw, for the test to read (same process).
+seen: dict[str, Any] = {}
+
+
+def reset(**values: Any) -> None:
+    seen.clear()
+    seen.update(values)
+    seen["lock"] = threading.Lock()
+
+
+def note(key: str, value: Any) -> None:
+    with seen["lock"]:
+        seen.setdefault(key, []).append(value)
+
+
+def on_meet(event: Meet) -> None:
+    # Every job of the barrier must be in flight at once for any to pass.
+    assert not hasattr(g, "mine"), "another job's app context leaked in"
+    g.mine = event.n
+    note("contexts", id(current_app._get_current_object()))
+    note("app_contexts", id(g._get_current_object()))
+    seen["barrier"].wait(timeout=30)
+    assert g.mine == event.n
+
+
+def count_started() -> None:
+    """Run by the last job to meet the others, before any goes on."""
+    redis = get_state().redis
+    started = Queue(QUEUE, connection=redis).started_job_registry
+    note("started", len(started.get_job_ids(cleanup=False)))
+
+
+def on_stall(event: Stall) -> None:
+    note("stall", "start")
+    if seen.get("in_c"):
+        time.sleep(event.seconds)  # one call in C: no Python instruction
+    else:
+        deadline = time.monotonic() + event.seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    note("stall", "end")
+
+
+def on_flaky(event: Flaky) -> None:
+    note("flaky", event.n)
+    if len([n for n in seen["flaky"] if n == event.n]) == 1:
+        raise RuntimeError(f"first attempt of {event.n} fails")
+
+
+def app_with(make_app: Callable[..., Flask], **config: Any) -> Flask:
+    messaging = Messaging()
+    messaging.subscribe_async(queue_name=QUEUE)(on_meet)
+    messaging.subscribe_async(queue_name=QUEUE, timeout=1)(on_stall)
+    messaging.subscribe_async(queue_name=QUEUE, retry=1)(on_flaky)
+    return make_app(messaging, **config)
+
+
+def publish(app: Flask, *messages: Message) -> None:
+    with app.app_context():
+        broker = get_state().broker
+        for message in messages:
+            broker.publish(message)
+
+
+def burst(app: Flask, threads: int, **work: Any) -> ThreadedMessagingWorker:
+    worker: ThreadedMessagingWorker = make_worker(app, [QUEUE], threads=threads)
+    worker.work(burst=True, logging_level="WARNING", **work)
+    return worker
+
+
+def registries(app: Flask) -> dict[str, int]:
+    queue = Queue(QUEUE, connection=get_state(app).redis)
+    return {
+        "queued": queue.count,
+        "started": len(queue.started_job_registry.get_job_ids(cleanup=False)),
+        "finished": queue.finished_job_registry.count,
+        "failed": queue.failed_job_registry.count,
+        "intermediate": get_state(app).redis.llen(queue.intermediate_queue_key),
+    }
+
+
+def failure_texts(app: Flask) -> list[str]:
+    redis: Redis = get_state(app).redis
+    queue = Queue(QUEUE, connection=redis)
+    texts = []
+    for job_id in queue.failed_job_registry.get_job_ids():
+        job = MessagingJob.fetch(job_id, connection=redis, serializer=JSONSerializer)
+        result = job.latest_result()
+        texts.append("" if result is None else str(result.exc_string))
+    return texts
+
+
+def test_n_threads_run_n_jobs_at_once_each_in_its_own_app_context(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = app_with(make_app)
+    reset(barrier=threading.Barrier(4, action=count_started))
+    publish(app, *(Meet(n) for n in range(8)))
+    burst(app, threads=4)
+    assert registries(app) == {
+        "queued": 0,
+        "started": 0,
+        "finished": 8,
+        "failed": 0,
+        "intermediate": 0,
+    }
+    # Each job in an app context of its own; while 4 met, 4 were started.
+    assert len(seen["app_contexts"]) == 8
+    assert seen["started"] == [4, 4]
+
+
+def test_a_handler_past_its_timeout_is_failed_while_the_others_go_on(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = app_with(make_app)
+    reset(barrier=threading.Barrier(3))
+    publish(app, Stall(60), *(Meet(n) for n in range(6)))
+    burst(app, threads=4)
+    counts = registries(app)
+    assert (counts["finished"], counts["failed"], counts["started"]) == (6, 1, 0)
+    (text,) = failure_texts(app)
+    assert "JobTimeoutException" in text
+    assert "exceeded maximum timeout value (1 seconds)" in text
+    # The handler was stopped (its thread got the exception), not left to
+    # run its minute out.
+    assert seen["stall"] == ["start"]
+
+
+def test_a_handler_blocked_in_c_past_its_timeout_is_written_off(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = app_with(make_app)
+    reset(barrier=threading.Barrier(2), in_c=True)
+    publish(app, Stall(30), *(Meet(n) for n in range(4)))
+    burst(app, threads=2)
+    counts = registries(app)
+    assert (counts["finished"], counts["failed"], counts["started"]) == (4, 1, 0)
+    assert "JobTimeoutException" in failure_texts(app)[0]
+    # The burst ended without waiting for the handler: it still sleeps.
+    assert seen["stall"] == ["start"]
+
+
+def test_a_failed_job_is_retried_within_the_burst(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = app_with(make_app, MESSAGING_RETRY_INTERVALS=[0])
+    reset()
+    publish(app, *(Flaky(n) for n in range(5)))
+    burst(app, threads=3)
+    assert sorted(seen["flaky"]) == sorted([*range(5), *range(5)])
+    assert registries(app)["finished"] == 5
+    assert registries(app)["failed"] == 0
+
+
+def test_max_jobs_counts_every_job_taken(make_app: Callable[..., Flask]) -> None:
+    app = app_with(make_app)
+    reset(barrier=threading.Barrier(1))
+    publish(app, *(Meet(n) for n in range(10)))
+    burst(app, threads=4, max_jobs=5)
+    counts = registries(app)
+    assert (counts["finished"], counts["queued"], counts["intermediate"]) == (5, 5, 0)
+
+
+def test_a_job_refused_at_the_take_is_failed_and_the_others_run(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = app_with(make_app)
+    reset(barrier=threading.Barrier(1))
+    publish(app, *(Meet(n) for n in range(6)))
+    redis = get_state(app).redis
+    job_ids = [i.decode() for i in redis.lrange(f"rq:queue:{QUEUE}", 0, -1)]
+    # A field our enqueue never writes: the job is refused, unread.
+    redis.hset(f"rq:job:{job_ids[3]}", "webhooks", "[]")
+    burst(app, threads=4)
+    counts = registries(app)
+    assert (counts["finished"], counts["failed"], counts["intermediate"]) == (5, 1, 0)
+
+
+def test_fork_and_threads_are_refused_together(make_app: Callable[..., Flask]) -> None:
+    app = app_with(make_app)
+    with pytest.raises(ValueError, match="--threads 1 with --fork"):
+        make_worker(app, [QUEUE], fork=True, threads=2)
+    with pytest.raises(ValueError, match="1 thread or more"):
+        make_worker(app, [QUEUE], threads=0)
+
+
+def test_worker_threads_is_validated(make_app: Callable[..., Flask]) -> None:
+    with pytest.raises(ValueError, match="MESSAGING_WORKER_THREADS"):
+        make_app(MESSAGING_WORKER_THREADS=0)
