@@ -243,6 +243,7 @@ class HandlerLoop:
             raise ValueError(
                 f"HandlerLoop limit must be an integer >= 1, not {limit!r}."
             )
+        #: The most coroutines in flight at once.
         self.limit = limit
         self._slots = threading.Semaphore(limit)
         self._lock = threading.Lock()
@@ -267,6 +268,7 @@ class HandlerLoop:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called (or the loop died): submit raises."""
         return self._closed
 
     def submit(

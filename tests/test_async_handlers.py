@@ -73,6 +73,11 @@ class Dawdled(Message, name="tests.async_handlers.dawdled"):
 
 
 @dataclass(frozen=True)
+class Overdue(Message, name="tests.async_handlers.overdue"):
+    pass
+
+
+@dataclass(frozen=True)
 class Held(Message, name="tests.async_handlers.held"):
     pass
 
@@ -135,6 +140,15 @@ async def on_dawdled(event: Dawdled) -> None:
         await asyncio.sleep(event.seconds)
     except asyncio.CancelledError:
         note("on_dawdled", outcome="cancelled")
+        raise
+
+
+@messaging.subscribe_async(queue_name=QUEUE, timeout=1, retry=0)
+async def on_overdue(event: Overdue) -> None:
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        note("on_overdue", outcome="cancelled")
         raise
 
 
@@ -344,6 +358,21 @@ def test_a_failing_coroutine_fails_its_job_which_is_retried(app: Flask) -> None:
     assert result is not None and "RuntimeError: failed: always" in str(
         result.exc_string
     )
+
+
+def test_a_coroutine_past_its_jobs_timeout_is_cancelled_and_its_job_fails(
+    app: Flask,
+) -> None:
+    with app.app_context():
+        get_message_broker().publish(Overdue())
+    drain(app)
+    assert [e["outcome"] for e in by("on_overdue")] == ["cancelled"]
+    redis = get_state(app).redis
+    registry = FailedJobRegistry(QUEUE, connection=redis, serializer=JSONSerializer)
+    (job_id,) = registry.get_job_ids()
+    job = MessagingJob.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    result = job.latest_result()
+    assert result is not None and "JobTimeoutException" in str(result.exc_string)
 
 
 def test_inline_delivery_awaits_the_coroutine_at_publish(
