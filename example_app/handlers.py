@@ -1,7 +1,8 @@
-"""Subscribers: one sync (the audit log), two async (run by workers)."""
+"""Subscribers: sync ones (the audit log), async ones (run by workers)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from flask_messaging import current_envelope
@@ -53,3 +54,14 @@ def handle_premium_order(event: OrderPlaced) -> None:
         return
     db.session.add(PremiumOrder(order_id=event.order_id, total=event.total))
     db.session.commit()
+
+
+@messaging.subscribe(OrderPlaced, queue_name=LOW_PRIORITY)
+async def notify_warehouse(event: OrderPlaced) -> None:
+    """Async, and ``async def``: it waits on the network, not on the CPU.
+
+    The call to the warehouse's HTTP API is simulated; a real one would use
+    an asyncio client (httpx.AsyncClient, aiohttp), never a blocking one.
+    """
+    await asyncio.sleep(0.05)  # the request's round trip
+    logger.info("Told the warehouse about order %s", event.order_id)

@@ -11,19 +11,29 @@ refuses any other function before importing anything; ``dispatch`` then
 checks the job's HMAC signature, which binds its contents to its job id and
 queue, and finds the handler in the app's own registry (an allow-list), by
 the stable key the job carries.
+
+An ``async def`` handler is run to its end where it is called
+(:func:`~flask_messaging.coroutines.run_to_completion`), unless a worker
+asked for its coroutines with :func:`deferring_coroutines`: then
+:func:`dispatch` hands the coroutine to the worker's
+:class:`~flask_messaging.coroutines.HandlerLoop` and returns at once.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextvars
-from collections.abc import Iterator, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from functools import partial
+from typing import NamedTuple, Protocol, runtime_checkable
 
-from flask import current_app, has_app_context
+from flask import Flask, current_app, has_app_context
 
 from . import envelope as codec
+from .coroutines import HandlerLoop, run_if_awaitable
 from .errors import (
     InvalidJobError,
     UnknownHandlerError,
@@ -40,6 +50,7 @@ __all__ = [
     "DurableJobSink",
     "InlineJobs",
     "JobSink",
+    "deferring_coroutines",
     "dispatch",
     "run_delivery",
     "running_job",
@@ -114,9 +125,60 @@ def running_job(binding: JobBinding) -> Iterator[None]:
         _running.reset(token)
 
 
-def dispatch(handler_key: object, envelope: object, signature: object) -> None:
+class _Deferral(NamedTuple):
+    loop: HandlerLoop
+    timeout: float | None
+
+
+_deferral: contextvars.ContextVar[_Deferral | None] = contextvars.ContextVar(
+    "flask_messaging_deferral", default=None
+)
+
+
+@contextmanager
+def deferring_coroutines(loop: HandlerLoop, timeout: float | None) -> Iterator[None]:
+    """Let :func:`dispatch`, inside the block, hand coroutines to ``loop``.
+
+    For a worker that runs ``async def`` handlers many at once: inside the
+    block, :func:`dispatch` checks the job and decodes its message as
+    usual, then, for an ``async def`` handler (or one that returns an
+    awaitable), submits the coroutine to ``loop`` and returns a
+    :class:`concurrent.futures.Future` instead of waiting for it. A plain
+    handler runs in place and ``dispatch`` returns ``None``, as outside the
+    block. Only ``dispatch`` defers: sync subscribers, inline jobs and
+    :meth:`~flask_messaging.broker.TestBroker.process_messages` still run
+    coroutines to their end.
+
+    The coroutine runs in a task of its own, inside a new app context of the
+    same Flask app (so with a Flask-SQLAlchemy session of its own, removed
+    when the task ends) and with :func:`~flask_messaging.current_envelope`
+    giving its message's envelope. ``dispatch`` may first wait for a free
+    place on ``loop`` (:meth:`~flask_messaging.coroutines.HandlerLoop.submit`).
+
+    The future resolves to ``None`` once the handler returned; it raises
+    what the handler raised, :class:`TimeoutError` when it ran longer than
+    ``timeout``, or :class:`concurrent.futures.CancelledError` when it was
+    cancelled (``loop`` closed before it ended).
+
+    :param loop: the worker's loop, made in the worker's own process.
+    :param timeout: seconds each coroutine may run before it is cancelled;
+        ``None``: no limit.
+    """
+    token = _deferral.set(_Deferral(loop, timeout))
+    try:
+        yield
+    finally:
+        _deferral.reset(token)
+
+
+def dispatch(
+    handler_key: object, envelope: object, signature: object
+) -> concurrent.futures.Future[None] | None:
     """Deliver one message to one async handler: the body of every job.
 
+    :return: ``None`` once the handler ran; inside
+        :func:`deferring_coroutines`, a future of an ``async def`` handler's
+        coroutine, which runs on (see there).
     :raises InvalidJobError: the signature does not match the job's id, queue,
         handler key and envelope (a copy, a replay elsewhere, tampering,
         another key), or the job was signed by a version before 0.1.0's
@@ -164,7 +226,7 @@ def dispatch(handler_key: object, envelope: object, signature: object) -> None:
             f" {codec.UNKNOWN_HERE}. Requeue the job once a worker that knows"
             " it serves this queue."
         )
-    _handle(subscription, parsed)
+    return _handle(subscription, parsed, _deferral.get())
 
 
 def _older_signature(signature: object) -> bool:
@@ -181,10 +243,52 @@ def run_delivery(subscription: Subscription, data: bytes) -> None:
     _handle(subscription, codec.decode_envelope(data))
 
 
-def _handle(subscription: Subscription, envelope: codec.Envelope) -> None:
+def _handle(
+    subscription: Subscription,
+    envelope: codec.Envelope,
+    deferral: _Deferral | None = None,
+) -> concurrent.futures.Future[None] | None:
     message = codec.decode(envelope)
+    if deferral is not None and subscription.is_coroutine:
+        return _defer(deferral, partial(subscription.handler, message), envelope)
     with codec.handling(envelope):
-        subscription.handler(message)
+        result = subscription.handler(message)
+        if result is None:
+            return None
+        if deferral is not None and inspect.isawaitable(result):
+            # A plain function that returned a coroutine: its own code ran
+            # here; the coroutine runs on the loop like any other.
+            try:
+                return _defer(deferral, lambda: result, envelope)
+            except BaseException:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()  # never run: no "never awaited" warning
+                raise
+        run_if_awaitable(result)
+    return None
+
+
+def _defer(
+    deferral: _Deferral, call: Callable[[], object], envelope: codec.Envelope
+) -> concurrent.futures.Future[None]:
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    return deferral.loop.submit(
+        partial(_run_deferred, app, call, envelope), timeout=deferral.timeout
+    )
+
+
+async def _run_deferred(
+    app: Flask, call: Callable[[], object], envelope: codec.Envelope
+) -> None:
+    # A task of its own, in a copy of the worker's context: nothing it
+    # dispatches is deferred again, and its app context is its own, popped
+    # (the Flask-SQLAlchemy session removed) when it ends.
+    _deferral.set(None)
+    with app.app_context(), codec.handling(envelope):
+        result = call()
+        if inspect.isawaitable(result):
+            await result
 
 
 class InlineJobs:

@@ -16,7 +16,9 @@ the same in every job and every retry of one message.
 
 Apply it under the subscribe decorator, so that the subscription gets the
 wrapped handler. The wrapper keeps the handler's module, name and signature,
-so its stable key (``module:qualname``) does not change.
+so its stable key (``module:qualname``) does not change. On an ``async def``
+handler the wrapper is ``async def`` too, and the message is marked handled
+only once the coroutine has completed.
 
 Two stores, two guarantees:
 
@@ -41,14 +43,16 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 import sqlalchemy as sa
 
 from ._rq.job import current_job
+from .coroutines import is_coroutine_function
 from .envelope import current_envelope
 from .errors import MessagingError
 from .state import FlaskSQLAlchemy, get_state
@@ -56,6 +60,7 @@ from .subscription import handler_key
 from .tables import table_on, utcnow
 
 __all__ = [
+    "AsyncMarkStore",
     "DatabaseMarks",
     "HandlingInProgressError",
     "MarkStore",
@@ -88,6 +93,22 @@ class MarkStore(Protocol):
         """Run ``call`` unless ``handler`` already handled ``message_id``.
 
         :return: what ``call`` returned, or ``None`` when it was skipped.
+        """
+        ...
+
+
+class AsyncMarkStore(MarkStore, Protocol):
+    """A :class:`MarkStore` that can also guard ``async def`` handlers."""
+
+    async def run_once_async(
+        self, handler: str, message_id: str, call: Callable[[], Awaitable[R]]
+    ) -> R | None:
+        """Await ``call()`` unless ``handler`` already handled ``message_id``.
+
+        The mark that the message was handled is written only once the
+        awaitable has completed without error.
+
+        :return: what the awaitable gave, or ``None`` when it was skipped.
         """
         ...
 
@@ -159,6 +180,42 @@ class RedisMarks:
     def run_once(
         self, handler: str, message_id: str, call: Callable[[], R]
     ) -> R | None:
+        claim = self._claim(handler, message_id)
+        if claim is None:
+            return None
+        try:
+            result = call()
+        except BaseException as exc:
+            claim.release(exc)
+            raise
+        claim.done()
+        return result
+
+    async def run_once_async(
+        self, handler: str, message_id: str, call: Callable[[], Awaitable[R]]
+    ) -> R | None:
+        """As :meth:`run_once`, awaiting ``call()``: "done" once it completed.
+
+        Redis is called synchronously (one round trip before, one after),
+        holding up the event loop that long. A timeout's cancellation
+        releases the claim, as a failure does.
+        """
+        claim = self._claim(handler, message_id)
+        if claim is None:
+            return None
+        try:
+            result = await call()
+        except BaseException as exc:
+            claim.release(exc)
+            raise
+        claim.done()
+        return result
+
+    def _claim(self, handler: str, message_id: str) -> _RedisClaim | None:
+        """Claim the mark; ``None`` when the message was handled already.
+
+        :raises HandlingInProgressError: another delivery holds the claim.
+        """
         redis = self.redis()
         key = f"{self.prefix}{handler}:{message_id}"
         job = current_job()
@@ -179,27 +236,38 @@ class RedisMarks:
                 " delivery right now; this one fails, to be retried (or skipped)"
                 " once that one has finished."
             )
+        return _RedisClaim(redis, key, token, self.ttl, handler, message_id)
+
+
+class _RedisClaim:
+    """A claimed Redis mark, to be released or set to "done"."""
+
+    def __init__(
+        self, redis: Any, key: str, token: str, ttl: int, handler: str, message_id: str
+    ) -> None:
+        self.redis, self.key, self.token, self.ttl = redis, key, token, ttl
+        self.handler, self.message_id = handler, message_id
+
+    def release(self, exc: BaseException) -> None:
+        """The handler failed with ``exc``: let a retry run it."""
         try:
-            result = call()
-        except BaseException as exc:
-            try:
-                redis.eval(_RELEASE, 1, key, token)
-            except Exception as release_error:
-                # The claim stays: a retry of this job takes it over.
-                exc.add_note(f"Could not release the idempotency mark: {release_error}")
-            raise
+            self.redis.eval(_RELEASE, 1, self.key, self.token)
+        except Exception as release_error:
+            # The claim stays: a retry of this job takes it over.
+            exc.add_note(f"Could not release the idempotency mark: {release_error}")
+
+    def done(self) -> None:
         try:
-            redis.set(key, "done", ex=self.ttl)
+            self.redis.set(self.key, "done", ex=self.ttl)
         except Exception:
             # The handler's work is done; failing the job now would only make a
             # retry do it again. A later delivery may still repeat it.
             logger.exception(
                 "Handled message %s in %s but could not mark it done; a later"
                 " delivery would run it again.",
-                message_id,
-                handler,
+                self.message_id,
+                self.handler,
             )
-        return result
 
 
 def _text(value: object) -> str:
@@ -222,7 +290,7 @@ def handled_table(metadata: sa.MetaData, name: str) -> sa.Table:
 
 
 class DatabaseMarks:
-    """Marks stored in the handler's own transaction: exactly-once effects.
+    r"""Marks stored in the handler's own transaction: exactly-once effects.
 
     .. code-block:: python
 
@@ -241,6 +309,14 @@ class DatabaseMarks:
     included, when it raises. The handler should leave the commit to the
     decorator, or commit once, at its end: work committed before the mark
     would not be covered, work after the commit would not be protected.
+
+    On an ``async def`` handler the transaction stays open across the
+    handler's ``await``\ s, and the commit waits for the coroutine's end. A
+    second delivery of the same message at the same time then fails at once
+    with :class:`HandlingInProgressError` on PostgreSQL (to be retried),
+    instead of waiting on the row: a wait would hold up the event loop that
+    the first delivery needs to finish. On SQLite, one transaction writes at
+    a time: another handler's write waits for this commit.
 
     :param db: the app's Flask-SQLAlchemy object.
     :param table: the table's name; its columns are ``handler``
@@ -270,13 +346,60 @@ class DatabaseMarks:
             raise
         return result
 
-    def _claim(self, session: Any, handler: str, message_id: str) -> bool:
+    async def run_once_async(
+        self, handler: str, message_id: str, call: Callable[[], Awaitable[R]]
+    ) -> R | None:
+        """As :meth:`run_once`, committing once ``call()`` has completed.
+
+        The database is called synchronously, holding up the event loop
+        for each statement (see the class's documentation on waits).
+
+        :raises HandlingInProgressError: on PostgreSQL, another delivery of
+            the message to this handler has claimed it and not committed.
+        """
+        session = self.db.session
+        if not self._claim(session, handler, message_id, wait=False):
+            session.rollback()
+            logger.info(
+                "Skipped message %s for %s: already handled", message_id, handler
+            )
+            return None
+        try:
+            result = await call()
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        return result
+
+    def _claim(
+        self, session: Any, handler: str, message_id: str, wait: bool = True
+    ) -> bool:
+        """Insert the mark in ``session``'s transaction; False if it exists.
+
+        :param wait: False: do not wait for another transaction's claim of
+            the same mark, raise :class:`HandlingInProgressError` (PostgreSQL).
+        """
+        dialect = session.get_bind().dialect.name
+        if not wait and dialect == "postgresql":
+            # Every claim that must not wait takes this lock first, and holds
+            # it until its transaction ends: finding it taken means an
+            # uncommitted claim that the insert below would wait for.
+            lock = sa.select(
+                sa.func.pg_try_advisory_xact_lock(_lock_id(handler, message_id))
+            )
+            if not session.execute(lock).scalar_one():
+                session.rollback()
+                raise HandlingInProgressError(
+                    f"Message {message_id} is being handled by {handler} in"
+                    " another delivery right now; this one fails, to be retried"
+                    " (or skipped) once that one has committed."
+                )
         values = {
             "handler": handler,
             "message_id": message_id,
             "handled_at": utcnow(),
         }
-        dialect = session.get_bind().dialect.name
         if dialect in ("postgresql", "sqlite"):
             insert: Any
             if dialect == "postgresql":
@@ -313,18 +436,39 @@ class DatabaseMarks:
         return int(result.rowcount or 0)
 
 
+def _lock_id(handler: str, message_id: str) -> int:
+    """A PostgreSQL advisory lock key (a signed 64-bit integer) for one mark."""
+    digest = hashlib.blake2b(f"{handler}\0{message_id}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
 # --------------------------------------------------------------------------
 # The decorator.
 
 _default_store = RedisMarks()
 
 
+class _Decorator(Protocol):
+    """What ``idempotent(store=..., name=...)`` returns."""
+
+    @overload
+    def __call__(
+        self, handler: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Callable[P, Coroutine[Any, Any, R | None]]: ...
+    @overload
+    def __call__(self, handler: Callable[P, R], /) -> Callable[P, R | None]: ...
+
+
+@overload
+def idempotent(
+    handler: Callable[P, Coroutine[Any, Any, R]], /
+) -> Callable[P, Coroutine[Any, Any, R | None]]: ...
 @overload
 def idempotent(handler: Callable[P, R], /) -> Callable[P, R | None]: ...
 @overload
 def idempotent(
     *, store: MarkStore | None = None, name: str | None = None
-) -> Callable[[Callable[P, R]], Callable[P, R | None]]: ...
+) -> _Decorator: ...
 def idempotent(
     handler: Any = None, /, *, store: MarkStore | None = None, name: str | None = None
 ) -> Any:
@@ -340,27 +484,61 @@ def idempotent(
         @idempotent(store=DatabaseMarks(db))  # marks in the handler's transaction
         def charge(event: OrderPlaced) -> None: ...
 
+        @messaging.subscribe_async
+        @idempotent                          # an async def handler
+        async def notify(event: OrderPlaced) -> None: ...
+
     A skipped delivery returns ``None`` without calling the handler. The
     handler must be an async subscriber: it needs the envelope of the message
     being delivered. Call ``handler.__wrapped__(event)`` to bypass the guard
     (in a unit test, say).
 
+    On an ``async def`` handler (see
+    :func:`~flask_messaging.coroutines.is_coroutine_function`) the wrapper is
+    ``async def`` too: the message is marked handled (Redis marks) or the
+    transaction committed with its mark (database marks) only once the
+    coroutine has completed; a failure, or a timeout's cancellation, leaves
+    it unmarked for the retry, as a sync handler's failure does.
+
     :param store: where marks are kept; default :class:`RedisMarks` on the
         app's Redis. See the module's documentation for what each guarantees.
+        An ``async def`` handler needs a store with ``run_once_async`` (an
+        :class:`AsyncMarkStore`, as both of this module's are).
     :param name: the handler's key in the marks; default ``module:qualname``,
         the key ``subscribe_async`` gives it. Pass the same ``name=`` as to
         ``subscribe_async`` if you gave it one.
+    :raises TypeError: an ``async def`` handler with a store that has no
+        ``run_once_async``.
     :raises HandlingInProgressError: another delivery of the message to this
-        handler is running (Redis marks); RQ retries the job.
+        handler is running (Redis marks; database marks of an ``async def``
+        handler on PostgreSQL); RQ retries the job.
     :raises RuntimeError: the handler was called outside an async delivery.
     """
 
-    def decorate(func: Callable[P, R]) -> Callable[P, R | None]:
+    def decorate(func: Callable[P, Any]) -> Callable[P, Any]:
         key = name if name is not None else handler_key(func)
         marks = store if store is not None else _default_store
+        if is_coroutine_function(func):
+            run_once_async = getattr(marks, "run_once_async", None)
+            if run_once_async is None:
+                raise TypeError(
+                    f"@idempotent cannot guard the async def handler {key} with"
+                    f" {marks!r}: that store has no run_once_async method. Give"
+                    " it one (see AsyncMarkStore), or use RedisMarks or"
+                    " DatabaseMarks."
+                )
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                message_id = _message_id(key, args)
+                return await run_once_async(
+                    key, message_id, lambda: func(*args, **kwargs)
+                )
+
+            return async_wrapper
 
         @functools.wraps(func)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
             message_id = _message_id(key, args)
             return marks.run_once(key, message_id, lambda: func(*args, **kwargs))
 

@@ -15,6 +15,7 @@ from typing import TypeVar, overload
 from redis.exceptions import RedisError
 
 from . import envelope as codec
+from .coroutines import run_if_awaitable
 from .dispatch import Delivery, JobSink
 from .errors import (
     DeliveryError,
@@ -131,12 +132,20 @@ class MessageBroker:
         message_id: str | None = None,
         errors: list[Exception] | None = None,
     ) -> list[Exception] | None:
-        """Call each matching sync subscriber; add failures to ``errors``."""
+        """Call each matching sync subscriber; add failures to ``errors``.
+
+        A handler's coroutine (``async def``) is run to its end here, in the
+        publishing thread (:func:`~flask_messaging.coroutines.run_to_completion`).
+        """
         for subscription in subscriptions:
             try:
                 predicate = subscription.predicate
                 if predicate is None or predicate(message):
-                    subscription.handler(message)
+                    # Plain handlers return None: one comparison is all
+                    # they pay for coroutines.
+                    result = subscription.handler(message)
+                    if result is not None:
+                        run_if_awaitable(result)
             except Exception as exc:
                 errors = record_failure(
                     errors, subscription, _name(message), message_id, exc

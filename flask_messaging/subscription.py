@@ -14,6 +14,7 @@ from typing import Any
 # imported outside flask_messaging._rq (tests/test_layers.py).
 from rq import Retry
 
+from .coroutines import is_coroutine_function
 from .message import NAME_PATTERN, Message, validate_message_class
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "describe_subscription",
 ]
 
+#: A handler: a function of the message; an ``async def`` one (or one that
+#: returns an awaitable) is awaited.
 Handler = Callable[[Any], object]
 Predicate = Callable[[Any], object]
 
@@ -46,6 +49,9 @@ class Subscription:
     retry: int | Retry | None = None
     #: Seconds an async job may run; ``None`` for ``MESSAGING_JOB_TIMEOUT``.
     timeout: int | None = None
+    #: Whether the handler is an ``async def`` (or wraps one): decided once,
+    #: at subscribe time (:func:`~flask_messaging.coroutines.is_coroutine_function`).
+    is_coroutine: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -210,6 +216,7 @@ def make_subscription(
         predicate=predicate,
         retry=retry,
         timeout=timeout,
+        is_coroutine=is_coroutine_function(handler),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import threading
@@ -20,9 +21,21 @@ from sqlalchemy.orm import Mapped, mapped_column
 from flask_messaging import DeliveryError, Message, Messaging, get_message_broker
 from flask_messaging._rq.job import MessagingJob
 from flask_messaging._rq.serializer import JSONSerializer
+from flask_messaging.coroutines import HandlerLoop, run_to_completion
 from flask_messaging.dispatch import run_delivery
-from flask_messaging.envelope import decode, decode_envelope, encode, handling
-from flask_messaging.idempotency import DatabaseMarks, RedisMarks, idempotent
+from flask_messaging.envelope import (
+    current_envelope,
+    decode,
+    decode_envelope,
+    encode,
+    handling,
+)
+from flask_messaging.idempotency import (
+    DatabaseMarks,
+    HandlingInProgressError,
+    RedisMarks,
+    idempotent,
+)
 from flask_messaging.state import get_state
 from flask_messaging.subscription import handler_key
 from flask_messaging.transaction import register_event
@@ -49,6 +62,13 @@ class Credit(Message, name="tests.idempotency.credit"):
 @dataclass(frozen=True)
 class Booked(Message, name="tests.idempotency.booked"):
     account: str
+
+
+@dataclass(frozen=True)
+class AsyncCredit(Message, name="tests.idempotency.async_credit"):
+    account: str
+    amount: int
+    fail_first: bool = False
 
 
 class Entry(db.Model):  # type: ignore[name-defined,misc]
@@ -83,6 +103,49 @@ def booked_in_db(event: Credit) -> None:
 
 
 book = idempotent(store=marks)(booked_in_db)
+
+#: What the async handlers saw of their own mark while they ran.
+marks_while_running: list[object] = []
+
+
+def _mark_key(handler: str) -> str:
+    envelope = current_envelope()
+    assert envelope is not None
+    return f"flask_messaging:handled:{handler}:{envelope.id}"
+
+
+@messaging.subscribe_async(queue_name=QUEUE, retry=1)
+@idempotent
+async def credit_async(event: AsyncCredit) -> str:
+    """The async twin of ``credit``."""
+    redis = _redis()
+    runs = redis.incr(RUNS)
+    await asyncio.sleep(0)
+    marks_while_running.append(
+        redis.get(_mark_key("tests.test_idempotency:credit_async"))
+    )
+    if event.fail_first and runs == 1:
+        raise RuntimeError("fails on its first run")
+    redis.incr(EFFECTS)
+    return "credited"
+
+
+async def booked_in_db_async(event: AsyncCredit) -> None:
+    _redis().incr(RUNS)
+    db.session.add(Entry(account=event.account, amount=event.amount))
+    await asyncio.sleep(0)
+    with db.engine.connect() as connection:  # what others see: no mark yet
+        marks_while_running.append(
+            connection.execute(
+                sa.select(sa.func.count()).select_from(marks.table)
+            ).scalar_one()
+        )
+    if event.fail_first and int(_redis().get(RUNS) or 0) == 1:
+        raise RuntimeError("fails on its first run, after its insert")
+    register_event(Booked(event.account))
+
+
+book_async = idempotent(store=marks)(booked_in_db_async)
 
 
 # --------------------------------------------------------------------------
@@ -264,7 +327,9 @@ def make_db_app(
             MESSAGING_REDIS_URL=real_redis_url,
             MESSAGING_OUTBOX_TABLE="test_idempotency_outbox",
         )
-        get_state(app).broker.subscribe_async(Credit, book, queue_name=QUEUE)
+        broker = get_state(app).broker
+        broker.subscribe_async(Credit, book, queue_name=QUEUE)
+        broker.subscribe_async(AsyncCredit, book_async, queue_name=QUEUE)
         return fresh_tables(app)
 
     return make
@@ -275,11 +340,14 @@ def db_app(make_db_app: Callable[[str], Flask], database_url: str) -> Flask:
     return make_db_app(database_url)
 
 
-def deliver_book(app: Flask, data: bytes) -> None:
+def deliver_book(
+    app: Flask,
+    data: bytes,
+    key: str = "tests.test_idempotency:booked_in_db",
+    message_type: type[Message] = Credit,
+) -> None:
     with app.app_context():
-        subscription = get_state().registry.async_subscription(
-            "tests.test_idempotency:booked_in_db", Credit
-        )
+        subscription = get_state().registry.async_subscription(key, message_type)
         assert subscription is not None
         try:
             run_delivery(subscription, data)
@@ -387,3 +455,169 @@ def test_prune_deletes_old_marks(db_app: Flask) -> None:
     with db_app.app_context():
         assert marks.prune(older_than=3600) == 0
         assert marks.prune(older_than=0) == 1
+
+
+# --------------------------------------------------------------------------
+# async def handlers: an async wrapper, the mark written once the coroutine
+# completed.
+
+
+@pytest.fixture
+def forget_marks() -> None:
+    marks_while_running.clear()
+
+
+def test_the_wrapper_of_an_async_def_handler_is_async_def_too(
+    make_app: Callable[..., Flask],
+) -> None:
+    assert inspect.iscoroutinefunction(credit_async)
+    assert inspect.iscoroutinefunction(book_async)
+    assert handler_key(credit_async) == "tests.test_idempotency:credit_async"
+    assert credit_async.__doc__ == "The async twin of ``credit``."
+    registry = get_state(make_app(messaging)).registry
+    subscription = registry.async_subscription(
+        "tests.test_idempotency:credit_async", AsyncCredit
+    )
+    assert subscription is not None and subscription.is_coroutine
+
+
+def test_an_async_handler_redelivered_is_skipped_and_marked_only_when_done(
+    app: Flask, forget_marks: None
+) -> None:
+    job_id = publish(app, AsyncCredit("a", 5))
+    drain(app)
+    redeliver(app, job_id)
+    drain(app)
+    assert counts(app) == (1, 1)
+    # While the coroutine ran its mark was the job's claim; "done" after.
+    assert marks_while_running == [f"running:{job_id}".encode()]
+    key = "tests.test_idempotency:credit_async"
+    mark = f"flask_messaging:handled:{key}:{job_id[4:36]}"
+    assert get_state(app).redis.get(mark) == b"done"
+
+
+def test_a_failed_async_run_releases_its_mark_so_the_retry_runs(
+    app: Flask, forget_marks: None
+) -> None:
+    publish(app, AsyncCredit("a", 5, fail_first=True))
+    drain(app)
+    assert counts(app) == (2, 1)
+
+
+def test_an_async_run_cancelled_at_its_timeout_releases_its_claim(
+    real_redis_url: str,
+) -> None:
+    redis = Redis.from_url(real_redis_url)
+    store = RedisMarks(redis)
+
+    async def slow() -> str:
+        await asyncio.sleep(30)
+        return "never"
+
+    async def within_deadline() -> str | None:
+        async with asyncio.timeout(0.05):
+            return await store.run_once_async("h", "m1", slow)
+
+    with pytest.raises(TimeoutError):
+        run_to_completion(within_deadline())
+    assert redis.get("flask_messaging:handled:h:m1") is None
+    redis.close()
+
+
+def test_an_async_handler_called_outside_a_delivery_refuses(
+    make_app: Callable[..., Flask],
+) -> None:
+    with make_app(messaging).app_context():
+        with pytest.raises(RuntimeError, match="outside the delivery of its message"):
+            run_to_completion(credit_async(AsyncCredit("a", 1)))
+
+
+def test_a_store_without_run_once_async_cannot_guard_an_async_def_handler() -> None:
+    class SyncOnly:
+        def run_once(
+            self, handler: str, message_id: str, call: Callable[[], object]
+        ) -> object:
+            return call()
+
+    with pytest.raises(TypeError, match="has no run_once_async method"):
+        idempotent(store=SyncOnly())(booked_in_db_async)
+
+
+def test_database_marks_of_an_async_handler_commit_with_its_effects(
+    db_app: Flask, forget_marks: None
+) -> None:
+    data = encode(AsyncCredit("a", 7)).data
+    key = "tests.test_idempotency:booked_in_db_async"
+    deliver_book(db_app, data, key, AsyncCredit)
+    deliver_book(db_app, data, key, AsyncCredit)
+    assert table_counts(db_app) == (1, 1, 1)
+    assert marks_while_running == [0]  # not committed while the coroutine ran
+    with db_app.app_context():
+        assert int(get_state().redis.get(RUNS) or 0) == 1
+
+
+def test_database_marks_of_a_failing_async_handler_roll_back(db_app: Flask) -> None:
+    data = encode(AsyncCredit("a", 7, fail_first=True)).data
+    key = "tests.test_idempotency:booked_in_db_async"
+    with pytest.raises(RuntimeError, match="fails on its first run"):
+        deliver_book(db_app, data, key, AsyncCredit)
+    assert table_counts(db_app) == (0, 0, 0)
+    deliver_book(db_app, data, key, AsyncCredit)
+    assert table_counts(db_app) == (1, 1, 1)
+
+
+def cancel_lock_waits(app: Flask) -> None:
+    """Cancel this database's statements waiting for a lock (a stuck test)."""
+    with app.app_context(), db.engine.connect() as connection:
+        connection.execute(
+            sa.text(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE"
+                " datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+
+
+def test_concurrent_async_deliveries_on_one_loop_do_not_wait_on_each_other(
+    make_db_app: Callable[[str], Flask], postgres_url: str
+) -> None:
+    # Waiting on the first delivery's row would stop the loop the first
+    # delivery needs to finish: the second fails at once, to be retried.
+    app = make_db_app(postgres_url)
+    envelope = decode_envelope(encode(AsyncCredit("a", 7)).data)
+    inside, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    async def slow(event: AsyncCredit) -> None:
+        ran.append(event.account)
+        db.session.add(Entry(account=event.account, amount=event.amount))
+        inside.set()
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+
+    guarded = idempotent(store=marks, name="tests.slow_async")(slow)
+
+    async def deliver() -> None:
+        with app.app_context():
+            try:
+                with handling(envelope):
+                    await guarded(decode(envelope))  # type: ignore[arg-type]
+            finally:
+                db.session.remove()
+
+    loop = HandlerLoop(5)
+    try:
+        first = loop.submit(deliver)
+        assert inside.wait(30)
+        second = loop.submit(deliver)
+        error = second.exception(timeout=30)
+        assert isinstance(error, HandlingInProgressError)
+        release.set()
+        assert first.result(timeout=30) is None
+        # Once the first committed, a later delivery is skipped.
+        assert loop.submit(deliver).result(timeout=30) is None
+    finally:
+        release.set()
+        cancel_lock_waits(app)
+        loop.close(timeout=10)
+    assert ran == ["a"]
+    assert table_counts(app)[:2] == (1, 1)
