@@ -7,6 +7,7 @@ finish if they run at the same time), never with timings.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -91,8 +92,31 @@ def on_flaky(event: Flaky) -> None:
         raise RuntimeError(f"first attempt of {event.n} fails")
 
 
+@dataclass(frozen=True)
+class Gather(Message, name="tests.threads.gather"):
+    n: int
+    fail: bool = False
+    seconds: float = 0
+
+
+async def on_gather(event: Gather) -> None:
+    # All on the worker's one event loop: each waits until every one of
+    # them is in flight, far more than there are threads.
+    if "all_in" not in seen:
+        seen["all_in"] = asyncio.Event()
+    note("gathered", event.n)
+    note("gather_contexts", id(g._get_current_object()))
+    if len(seen["gathered"]) == seen["expected"]:
+        seen["all_in"].set()
+    await asyncio.wait_for(seen["all_in"].wait(), timeout=30)
+    await asyncio.sleep(event.seconds)
+    if event.fail:
+        raise RuntimeError(f"gather {event.n} failed")
+
+
 def app_with(make_app: Callable[..., Flask], **config: Any) -> Flask:
     messaging = Messaging()
+    messaging.subscribe_async(queue_name=QUEUE, timeout=1)(on_gather)
     messaging.subscribe_async(queue_name=QUEUE)(on_meet)
     messaging.subscribe_async(queue_name=QUEUE, timeout=1)(on_stall)
     messaging.subscribe_async(queue_name=QUEUE, retry=1)(on_flaky)
@@ -231,3 +255,29 @@ def test_fork_and_threads_are_refused_together(make_app: Callable[..., Flask]) -
 def test_worker_threads_is_validated(make_app: Callable[..., Flask]) -> None:
     with pytest.raises(ValueError, match="MESSAGING_WORKER_THREADS"):
         make_app(MESSAGING_WORKER_THREADS=0)
+
+
+def test_async_handlers_run_many_at_once_beside_the_threads(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = app_with(make_app)
+    reset(expected=20)
+    publish(app, *(Gather(n, fail=n == 7) for n in range(20)))
+    burst(app, threads=2)
+    counts = registries(app)
+    assert (counts["finished"], counts["failed"], counts["started"]) == (19, 1, 0)
+    assert "gather 7 failed" in failure_texts(app)[0]
+    # Each coroutine in an app context of its own.
+    assert len(set(seen["gather_contexts"])) == 20
+
+
+def test_an_async_handler_past_its_timeout_is_cancelled_and_failed(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = app_with(make_app)
+    reset(expected=2)
+    publish(app, Gather(0, seconds=60), Gather(1))
+    burst(app, threads=2)
+    counts = registries(app)
+    assert (counts["finished"], counts["failed"], counts["started"]) == (1, 1, 0)
+    assert "exceeded maximum timeout value (1 seconds)" in failure_texts(app)[0]

@@ -71,8 +71,9 @@ class Running:
     deadline: float | None
     #: The thread running the handler, while it does (for the watchdog).
     thread: threading.Thread | None = None
-    #: Its end was recorded without waiting for the handler (timed out).
-    written_off: bool = False
+    #: How it ended is decided, and recorded once, by whoever decided: its
+    #: thread, the event loop, or the watchdog that wrote it off.
+    claimed: bool = False
     #: When its execution was last kept alive (``time.monotonic()``).
     extended_at: float = field(default_factory=time.monotonic)
 

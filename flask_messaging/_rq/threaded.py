@@ -8,7 +8,10 @@ in hand, each with its own execution in the started registry:
   :class:`~.dequeue.MessagingQueue` (no job lost by a dying worker), and
   records its start (:func:`.lifecycle.start`);
 - ``threads`` executor threads run the handlers, each job in an app context
-  of its own;
+  of its own; an ``async def`` handler is handed to the process's event loop
+  (:class:`~flask_messaging.coroutines.HandlerLoop`) and its thread is free
+  at once, so up to ``async_limit`` coroutines wait at once beside the
+  threads;
 - a recorder thread writes the jobs' ends: the successes that end together
   in one pipeline, failures through RQ's failure handling (retries, failed
   registry);
@@ -23,6 +26,7 @@ retried, per policy) before the process exits.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import logging
 import queue as queues
@@ -37,6 +41,8 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
 
+from ..coroutines import HandlerLoop
+from ..dispatch import deferring_coroutines
 from ..errors import LOST_REDIS
 from . import lifecycle
 from .dequeue import MessagingQueue
@@ -57,13 +63,18 @@ RECORD_BATCH = 100
 #: Seconds a cold shutdown waits for the failures of the jobs in hand.
 COLD_RECORD_WAIT = 5.0
 
+#: Most ``async def`` handlers in flight at once per process, by default.
+ASYNC_LIMIT = 100
+
 _Ended = tuple[Running, ExcInfo | None]
 
 
 class ThreadedMessagingWorker(MessagingWorker):
     """Runs up to ``threads`` jobs at once in one process (see the module)."""
 
-    def __init__(self, *args: Any, threads: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, threads: int, async_limit: int = ASYNC_LIMIT, **kwargs: Any
+    ) -> None:
         if threads < 2:
             raise ValueError(
                 f"A threaded worker runs 2 or more threads, not {threads}:"
@@ -71,6 +82,9 @@ class ThreadedMessagingWorker(MessagingWorker):
             )
         super().__init__(*args, **kwargs)
         self.threads = threads
+        self.async_limit = async_limit
+        #: Made in the worker's own process, as it starts (after any fork).
+        self._handler_loop: HandlerLoop | None = None
         self._lock = threading.Condition()
         self._free = threading.Semaphore(threads)
         self._todo: queues.SimpleQueue[Running | None] = queues.SimpleQueue()
@@ -92,6 +106,7 @@ class ThreadedMessagingWorker(MessagingWorker):
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
+        self._handler_loop = HandlerLoop(self.async_limit)
         for _ in range(self.threads):
             self._start_executor()
         self._recorder = _thread(self._record, "flask-messaging-recorder")
@@ -234,6 +249,8 @@ class ThreadedMessagingWorker(MessagingWorker):
             self._todo.put(None)
         for thread in executors:
             thread.join()
+        if self._handler_loop is not None:
+            self._handler_loop.close()  # lets the coroutines in flight end
         self._stop_threads()
 
     def _stop_threads(self, recorder_wait: float | None = None) -> None:
@@ -272,26 +289,65 @@ class ThreadedMessagingWorker(MessagingWorker):
                 self._stuck.discard(me)
 
     def _perform(self, running: Running, me: threading.Thread) -> _Ended | None:
-        """Run the job's handler; its end, or None if it was written off."""
+        """Run the job's handler; its end, or None if it was written off or
+        handed to the event loop (its end comes from there)."""
         job = running.job
         exc_info: ExcInfo | None = None
+        result = None
         with self._lock:
-            if running.written_off:
+            if running.claimed:
                 return None  # failed by a cold shutdown before it ran
             running.thread = me
         try:
+            assert self._handler_loop is not None
+            timeout = job.timeout or running.queue.DEFAULT_TIMEOUT
             with self.app.app_context():
-                job.perform()
+                with deferring_coroutines(
+                    self._handler_loop, None if timeout < 0 else timeout
+                ):
+                    result = job.perform()
         except BaseException:
             exc_info = lifecycle.current_exc_info()
         finally:
             with self._lock:
                 running.thread = None
-                written_off = running.written_off
+                written_off = running.claimed
+                if not written_off:
+                    running.claimed = not isinstance(result, concurrent.futures.Future)
         if written_off:
+            if isinstance(result, concurrent.futures.Future):
+                result.cancel()
+            return None
+        if isinstance(result, concurrent.futures.Future):
+            # Its end comes from the loop; this thread takes the next job.
+            job._result = None
+            result.add_done_callback(partial(self._coroutine_ended, running))
+            self._free.release()
             return None
         job.ended_at = now()
         return running, exc_info
+
+    def _coroutine_ended(
+        self, running: Running, future: concurrent.futures.Future[None]
+    ) -> None:
+        """Pass on the end of an ``async def`` handler (on the loop's thread)."""
+        running.job.ended_at = now()
+        exc: BaseException | None
+        if future.cancelled():
+            exc = concurrent.futures.CancelledError("the handler was cancelled")
+        else:
+            exc = future.exception()
+        if isinstance(exc, TimeoutError):
+            exc_info: ExcInfo | None = _timed_out(running)
+        elif exc is not None:
+            exc_info = (type(exc), exc, exc.__traceback__)
+        else:
+            exc_info = None
+        with self._lock:
+            if running.claimed:
+                return  # failed by a cold shutdown meanwhile
+            running.claimed = True
+        self._ended.put((running, exc_info))
 
     # -- the recorder thread ----------------------------------------------
 
@@ -350,7 +406,7 @@ class ThreadedMessagingWorker(MessagingWorker):
             stale = [
                 r
                 for r in in_hand
-                if not r.written_off and moment - r.extended_at >= interval
+                if not r.claimed and moment - r.extended_at >= interval
             ]
             try:
                 lifecycle.extend(self, stale)
@@ -367,9 +423,9 @@ class ThreadedMessagingWorker(MessagingWorker):
         when it returns.
         """
         with self._lock:
-            if running.written_off or running.thread is None:
+            if running.claimed or running.thread is None:
                 return
-            running.written_off = True
+            running.claimed = True
             thread = running.thread
             self._executors.discard(thread)
             self._stuck.add(thread)
@@ -395,14 +451,17 @@ class ThreadedMessagingWorker(MessagingWorker):
             in_hand = list(self._in_hand.values())
         for running in in_hand:
             if running.thread is None:
-                # Not running yet: it never will in this process.
+                # Not running yet (it never will in this process), or an
+                # async def handler on the loop (cancelled below).
                 with self._lock:
-                    if running.written_off:
+                    if running.claimed:
                         continue
-                    running.written_off = True
+                    running.claimed = True
                 self._ended.put((running, _error(RuntimeError(why))))
             else:
                 self._write_off(running, _error(RuntimeError(why)))
+        if self._handler_loop is not None:
+            self._handler_loop.close(timeout=0)  # cancels the coroutines
         self._stop_threads(COLD_RECORD_WAIT)
 
 
