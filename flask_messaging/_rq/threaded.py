@@ -37,7 +37,7 @@ from typing import Any
 
 from rq.job import Job
 from rq.queue import Queue
-from rq.timeouts import JobTimeoutException
+from rq import timeouts
 from rq.utils import now
 from rq.worker import WorkerStatus
 
@@ -67,6 +67,18 @@ COLD_RECORD_WAIT = 5.0
 ASYNC_LIMIT = 100
 
 _Ended = tuple[Running, ExcInfo | None]
+
+
+class JobTimeoutException(timeouts.JobTimeoutException):
+    """RQ's, with a message of its own.
+
+    RQ's ``TimerDeathPenalty`` (the embedded worker's) replaces
+    ``JobTimeoutException.__init__`` for the whole process, so that every
+    later instance says its own timeout, whatever the job's.
+    """
+
+    def __init__(self, message: str = "Task exceeded its timeout") -> None:
+        Exception.__init__(self, message)
 
 
 class ThreadedMessagingWorker(MessagingWorker):
