@@ -30,10 +30,10 @@ The workers, as started here:
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from importlib import import_module
 from types import ModuleType
 
 from flask import Flask
@@ -45,7 +45,7 @@ from flask_messaging.state import get_state
 from flask_messaging.testing import TestBroker
 
 from . import stamps
-from ._support import ROOT, Row, drain_rate, redis_server, worker_env
+from ._support import Row, drain_rate, redis_server
 from .concurrency_app import AsyncSleep, Noop, Sleep, create_app
 
 #: Jobs per measurement.
@@ -63,7 +63,6 @@ def run(repeat: int) -> list[Row]:
         # Read by the apps: ours here, the anchors' when imported.
         os.environ["BENCH_REDIS_URL"] = url
         app = create_app()
-        threads = _our_threads(url)
         dramatiq_app = _anchor("dramatiq", "benchmarks.anchors.dramatiq_app")
         celery_app = _anchor("celery", "benchmarks.anchors.celery_app")
         awaits = _awaits_coroutines(app, url, AsyncSleep)
@@ -74,22 +73,22 @@ def run(repeat: int) -> list[Row]:
             results.setdefault(key, []).append(rate)
 
         for _ in range(repeat):
-            measure("ours sleep", _ours(app, url, Sleep, COUNT, 1, threads))
+            measure("ours sleep", _ours(app, url, Sleep, COUNT, 1, THREADS))
             if awaits:
-                measure("ours async", _ours(app, url, AsyncSleep, COUNT, 1, threads))
+                measure("ours async", _ours(app, url, AsyncSleep, COUNT, 1, THREADS))
             measure("rq sleep", _rq(url, stamps.sleep_job, COUNT))
             if dramatiq_app is not None:
                 sleep = dramatiq_app.sleep.send
                 measure("dramatiq sleep", _dramatiq(url, sleep, COUNT, 1, THREADS))
                 noop = dramatiq_app.noop.send
                 measure("dramatiq 2x8", _dramatiq(url, noop, MANY, 2, THREADS))
-                measure("ours 2x8", _ours(app, url, Noop, MANY, 2, threads))
+                measure("ours 2x8", _ours(app, url, Noop, MANY, 2, THREADS))
             if celery_app is not None:
                 measure("celery sleep", _celery(url, celery_app.sleep.delay, COUNT))
-    return _rows(results, threads)
+    return _rows(results)
 
 
-def _rows(results: dict[str, list[float]], threads: int) -> list[Row]:
+def _rows(results: dict[str, list[float]]) -> list[Row]:
     """The rows whose two sides were both measured (an anchor may be missing)."""
     sleeping = f"{COUNT:,} jobs sleeping 20 ms, 1 process x {THREADS} threads"
     rows = [
@@ -118,9 +117,8 @@ def _rows(results: dict[str, list[float]], threads: int) -> list[Row]:
             None,
         ),
     ]
-    note = "" if threads == THREADS else f" (ours: {threads} thread)"
     return [
-        Row(name + note, "jobs/s", anchor, results[theirs], results[ours], target)
+        Row(name, "jobs/s", anchor, results[theirs], results[ours], target)
         for name, anchor, theirs, ours, target in rows
         if theirs in results and ours in results
     ]
@@ -138,10 +136,17 @@ def _ours(
     for n in range(count):
         broker.publish(message(n))
     command = [
-        *_flask_worker(),
+        sys.executable,
+        "-m",
+        "flask",
+        "--app",
+        "benchmarks.concurrency_app:create_app",
+        "messaging",
+        "worker",
         "--processes",
         str(processes),
-        *_threads_option(threads),
+        "--threads",
+        str(threads),
         "--logging-level",
         "WARNING",
         "--no-relay",
@@ -210,47 +215,10 @@ def _rq(url: str, job: Callable[[int], None], count: int) -> float:
     return drain_rate("RQ", command, url, count)
 
 
-def _flask_worker() -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "flask",
-        "--app",
-        "benchmarks.concurrency_app:create_app",
-        "messaging",
-        "worker",
-    ]
-
-
-def _threads_option(threads: int) -> Sequence[str]:
-    # Left out at 1, so that the command also runs on a worker without it.
-    return ["--threads", str(threads)] if threads > 1 else []
-
-
-def _our_threads(url: str) -> int:
-    """``THREADS``, or 1 (and a line saying so) if our worker has no --threads."""
-    help_text = subprocess.run(
-        [*_flask_worker(), "--help"],
-        cwd=ROOT,
-        env=worker_env(url),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    if "--threads" in help_text:
-        return THREADS
-    print(
-        "'flask messaging worker' has no --threads option: our side of the"
-        " concurrency rows runs 1 thread per process.",
-        file=sys.stderr,
-    )
-    return 1
-
-
 def _anchor(package: str, module: str) -> ModuleType | None:
     """The anchor's app module, or None (and a skip line) without its package."""
     try:
-        __import__(package)
+        import_module(package)
     except ImportError:
         print(
             f"Skipping the {package.capitalize()} rows: install"
@@ -258,7 +226,7 @@ def _anchor(package: str, module: str) -> ModuleType | None:
             file=sys.stderr,
         )
         return None
-    return __import__(module, fromlist=["_"])
+    return import_module(module)
 
 
 def _awaits_coroutines(app: Flask, url: str, message: Callable[[int], Message]) -> bool:
