@@ -11,7 +11,14 @@ from importlib import import_module
 from ._report import DOCS, environment, print_table, write_docs
 from ._support import Row
 
-BENCHMARKS = ["codec", "publish", "batch", "worker_drain", "transactions"]
+BENCHMARKS = [
+    "codec",
+    "publish",
+    "batch",
+    "worker_drain",
+    "concurrency",
+    "transactions",
+]
 
 
 def main() -> None:

@@ -25,6 +25,8 @@ PACKAGES = [
     ("SQLAlchemy", "SQLAlchemy"),
     ("blinker", "blinker"),
     ("Flask-RQ", "Flask-RQ"),
+    ("dramatiq", "Dramatiq"),
+    ("celery", "Celery"),
 ]
 
 

@@ -204,7 +204,7 @@ def _latency(repeat: int, redis_url: str, url: str) -> list[Row]:
             "RQ enqueue -> job start",
             ms(anchor, 50),
             ms(ours, 50),
-            target=1.2,
+            target=1.0,
             lower_is_better=True,
         ),
         Row(

@@ -89,7 +89,7 @@ def run(
                 "rq SimpleWorker",
                 simple,
                 ours,
-                target=1.0,
+                target=2.0,
             ),
             Row(
                 f"worker drain, {fork_count:,} trivial jobs, 1 process",
