@@ -57,6 +57,9 @@ RECORD_BATCH = 100
 #: Seconds a cold shutdown waits for the failures of the jobs in hand.
 COLD_RECORD_WAIT = 5.0
 
+#: Why the jobs in hand failed, in a cold shutdown.
+COLD_SHUTDOWN = "the worker was stopped at once (cold shutdown)"
+
 _Ended = tuple[Running, ExcInfo | None]
 
 
@@ -203,10 +206,22 @@ class ThreadedMessagingWorker(MessagingWorker):
 
     def teardown(self) -> None:
         try:
-            if self._cold:
-                self._write_off_all("the worker was stopped at once (cold shutdown)")
+            if not self._cold:
+                try:
+                    self._finish_in_hand()
+                except SystemExit:
+                    # The usual cold shutdown: the second signal comes while
+                    # the first one's warm shutdown waits here for the jobs in
+                    # hand, and RQ raises SystemExit in this wait. Left to
+                    # propagate, the process exited with those jobs "started",
+                    # found abandoned only when their executions expired,
+                    # minutes later.
+                    if not self._cold:
+                        raise
+                    self._write_off_all(COLD_SHUTDOWN)
+                    raise
             else:
-                self._finish_in_hand()
+                self._write_off_all(COLD_SHUTDOWN)
         finally:
             super().teardown()  # type: ignore[no-untyped-call]
 
