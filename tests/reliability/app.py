@@ -76,6 +76,14 @@ class Hold(Message, name="tests.reliability.hold"):
 
 
 @dataclass(frozen=True)
+class Nap(Message, name="tests.reliability.nap"):
+    """Its handler sleeps ``seconds`` and writes nothing to the app's Redis."""
+
+    token: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Overrun(Message, name="tests.reliability.overrun"):
     """Its handler's first run takes ``seconds``, past its 1 s timeout.
 
@@ -186,6 +194,14 @@ def overrun(event: Overrun) -> None:
     history().handled("overrun", event.token)
 
 
+@messaging.subscribe_async(queue_name=QUEUE)
+@observed
+def nap(event: Nap) -> None:
+    history().note(f"pid:{event.token}", str(os.getpid()))
+    time.sleep(event.seconds)
+    history().handled("nap", event.token)
+
+
 #: Queries per bind in one run of :func:`check_query`: past psycopg's
 #: ``prepare_threshold`` (5), so the statement is prepared on the server.
 QUERIES_PER_RUN = 8
@@ -220,7 +236,7 @@ def flaky(event: Flaky) -> None:
 
 
 def commit(
-    messages: Sequence[Work | Hold | Overrun | Query | Flaky],
+    messages: Sequence[Work | Hold | Nap | Overrun | Query | Flaky],
     *,
     rollback: bool = False,
 ) -> None:

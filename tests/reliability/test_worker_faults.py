@@ -27,7 +27,7 @@ from flask_messaging.state import get_state
 from flask_messaging.worker import make_worker
 
 from ..servers import RedisServer
-from .app import QUEUE, Hold, Overrun, Work, commit, sampled
+from .app import QUEUE, Hold, Nap, Overrun, Work, commit, sampled
 from .harness import (
     Processes,
     rescue_abandoned,
@@ -298,6 +298,51 @@ def test_a_cold_shutdown_fails_the_jobs_in_hand_per_their_policy(
             assert why in failure(redis, job_id)
     processes.start("worker-2", "worker", *threads_option(threads), *QUIET)
     handled_once_more(history, redis, tokens)
+
+
+def test_a_cold_shutdown_fails_no_job_that_ended(
+    make_rel_app: Callable[..., Flask],
+    processes: Processes,
+    history: History,
+    aof_redis: RedisServer,
+) -> None:
+    """A job whose handler returned, its end not yet written, is left to end.
+
+    Its end waits while Redis holds every write (``CLIENT PAUSE WRITE``, on
+    this test's own server), as on a slow or distant Redis; the cold
+    shutdown comes meanwhile, with another job still running.
+    """
+    app = make_rel_app(aof_redis.url)
+    processes.env["MESSAGING_REDIS_URL"] = aof_redis.url
+    worker = processes.start("worker", "worker", *threads_option(2), *QUIET)
+    with app.app_context():
+        commit([Hold("h", seconds=60), Nap("n", seconds=1)])
+    first_pid(history, "h")
+    first_pid(history, "n")
+    redis = get_state(app).redis
+    redis.client_pause(60_000, all=False)  # until the unpause below
+    try:
+        wait_until(lambda: history.runs("nap"), "the short handler to return")
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(1.5)  # RQ takes a second signal within a second as the same
+        worker.send_signal(signal.SIGTERM)
+        wait_until(
+            lambda: "cold shut down" in processes.log("worker"), "the cold shutdown"
+        )
+    finally:
+        redis.client_unpause()
+    wait_until(lambda: worker.poll() is not None, "the worker to exit")
+
+    # The job that ended is finished, and only that; the other is retried.
+    (nap_job,) = finished_registry(redis).get_job_ids()
+    assert failed_registry(redis).count == 0
+    assert nap_job.encode() not in redis.lrange(f"rq:queue:{QUEUE}", 0, -1)
+    assert started_registry(redis).get_job_ids(cleanup=False) == []
+    processes.start("worker-2", "worker", *threads_option(2), *QUIET)
+    wait_until(lambda: history.runs("hold"), "the retry's effect")
+    wait_until(lambda: settled(redis, QUEUE), "the queue to settle")
+    assert history.runs("nap:runs") == {"n": 1}
+    assert history.runs("hold:runs") == {"h": 2}
 
 
 @pytest.mark.parametrize("threads", THREADS)
