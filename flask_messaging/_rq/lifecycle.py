@@ -69,6 +69,8 @@ class Running:
     thread: threading.Thread | None = None
     #: Its end was recorded without waiting for the handler (timed out).
     written_off: bool = False
+    #: Its handler returned or raised: its end is on its way to be recorded.
+    performed: bool = False
     #: When its execution was last kept alive (``time.monotonic()``).
     extended_at: float = field(default_factory=time.monotonic)
 

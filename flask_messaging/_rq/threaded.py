@@ -302,6 +302,7 @@ class ThreadedMessagingWorker(MessagingWorker):
         finally:
             with self._lock:
                 running.thread = None
+                running.performed = True
                 written_off = running.written_off
         if written_off:
             return None
@@ -409,12 +410,17 @@ class ThreadedMessagingWorker(MessagingWorker):
         with self._lock:
             in_hand = list(self._in_hand.values())
         for running in in_hand:
-            if running.thread is None:
-                # Not running yet: it never will in this process.
-                with self._lock:
-                    if running.written_off:
-                        continue
+            with self._lock:
+                # A job whose handler has returned is not failed: its end
+                # waits for the recorder (long, when Redis is slow), which
+                # would otherwise record it finished, then failed and retried.
+                if running.written_off or running.performed:
+                    continue
+                waiting = running.thread is None
+                if waiting:
+                    # Not running yet: it never will in this process.
                     running.written_off = True
+            if waiting:
                 self._ended.put((running, _error(RuntimeError(why))))
             else:
                 self._write_off(running, _error(RuntimeError(why)))
