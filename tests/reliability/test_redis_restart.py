@@ -2,7 +2,8 @@
 
 A publisher commits transactions of :data:`PER_TRANSACTION` events (every
 :data:`ROLLBACK_EVERY`-th rolls back) through ``register_event`` and the
-outbox; four ``flask messaging worker`` processes and two ``flask messaging
+outbox; four ``flask messaging worker`` processes (each running one job at a
+time, or four at once with ``--threads 4``) and two ``flask messaging
 relay`` processes run throughout. Redis (append-only file, fsync on every
 write) is stopped with SIGTERM and started again on the same port: once while
 the publisher commits, once while the workers drain. Then the checker:
