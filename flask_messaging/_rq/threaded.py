@@ -66,6 +66,9 @@ COLD_RECORD_WAIT = 5.0
 #: Most ``async def`` handlers in flight at once per process, by default.
 ASYNC_LIMIT = 100
 
+#: Why the jobs in hand failed, in a cold shutdown.
+COLD_SHUTDOWN = "the worker was stopped at once (cold shutdown)"
+
 _Ended = tuple[Running, ExcInfo | None]
 
 
@@ -230,10 +233,22 @@ class ThreadedMessagingWorker(MessagingWorker):
 
     def teardown(self) -> None:
         try:
-            if self._cold:
-                self._write_off_all("the worker was stopped at once (cold shutdown)")
+            if not self._cold:
+                try:
+                    self._finish_in_hand()
+                except SystemExit:
+                    # The usual cold shutdown: the second signal comes while
+                    # the first one's warm shutdown waits here for the jobs in
+                    # hand, and RQ raises SystemExit in this wait. Left to
+                    # propagate, the process exited with those jobs "started",
+                    # found abandoned only when their executions expired,
+                    # minutes later.
+                    if not self._cold:
+                        raise
+                    self._write_off_all(COLD_SHUTDOWN)
+                    raise
             else:
-                self._finish_in_hand()
+                self._write_off_all(COLD_SHUTDOWN)
         finally:
             super().teardown()  # type: ignore[no-untyped-call]
 
@@ -464,7 +479,10 @@ class ThreadedMessagingWorker(MessagingWorker):
         for running in in_hand:
             if running.thread is None:
                 # Not running yet (it never will in this process), or an
-                # async def handler on the loop (cancelled below).
+                # async def handler on the loop (cancelled below). A job
+                # whose handler has returned is claimed already: its end
+                # waits for the recorder (long, when Redis is slow), which
+                # would otherwise record it finished, then failed and retried.
                 with self._lock:
                     if running.claimed:
                         continue

@@ -76,11 +76,24 @@ class Hold(Message, name="tests.reliability.hold"):
 
 
 @dataclass(frozen=True)
-class Overrun(Message, name="tests.reliability.overrun"):
-    """Its handler's first run takes ``seconds``, past its 1 s timeout."""
+class Nap(Message, name="tests.reliability.nap"):
+    """Its handler sleeps ``seconds`` and writes nothing to the app's Redis."""
 
     token: str
     seconds: float
+
+
+@dataclass(frozen=True)
+class Overrun(Message, name="tests.reliability.overrun"):
+    """Its handler's first run takes ``seconds``, past its 1 s timeout.
+
+    It sleeps in one call (in C, where no exception raised from another
+    thread reaches it), or, with ``step``, in a Python loop of naps that long.
+    """
+
+    token: str
+    seconds: float
+    step: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -167,8 +180,26 @@ def hold(event: Hold) -> None:
 def overrun(event: Overrun) -> None:
     history().note("overrun", str(os.getpid()))
     if history().runs("overrun:runs").get(event.token) == 1:
-        time.sleep(event.seconds)  # stopped by the job timeout
+        try:  # stopped by the job timeout
+            if event.step:
+                until = time.monotonic() + event.seconds
+                while time.monotonic() < until:
+                    time.sleep(event.step)
+            else:
+                time.sleep(event.seconds)
+        except BaseException as exc:
+            history().note("overrun:stopped", type(exc).__name__)
+            raise
+        history().note("overrun:stopped", "never")
     history().handled("overrun", event.token)
+
+
+@messaging.subscribe_async(queue_name=QUEUE)
+@observed
+def nap(event: Nap) -> None:
+    history().note(f"pid:{event.token}", str(os.getpid()))
+    time.sleep(event.seconds)
+    history().handled("nap", event.token)
 
 
 #: Queries per bind in one run of :func:`check_query`: past psycopg's
@@ -205,7 +236,7 @@ def flaky(event: Flaky) -> None:
 
 
 def commit(
-    messages: Sequence[Work | Hold | Overrun | Query | Flaky],
+    messages: Sequence[Work | Hold | Nap | Overrun | Query | Flaky],
     *,
     rollback: bool = False,
 ) -> None:
@@ -220,17 +251,20 @@ def commit(
 
 
 def crash_after_taking_a_job() -> None:
-    """Fault injection: this worker process dies right after taking a job.
+    """Fault injection: this worker process dies right after taking jobs.
 
-    Before RQ registers the job as started: the moment a ``kill -9``, a lost
-    machine or a Redis reply lost on its way back would strike.
+    Before it records them as started: the moment a ``kill -9``, a lost
+    machine or a Redis reply lost on its way back would strike. A worker of
+    one thread has taken one job there; one of several threads, a job per
+    free thread.
     """
-    from flask_messaging.worker import MessagingWorker
+    from flask_messaging._rq import lifecycle
 
-    def die(self: Any, job: Any, queue: Any) -> None:
+    def die(worker: Any, taken: Any) -> None:
+        history().note("crash:taken", str(len(taken)))
         os._exit(3)
 
-    MessagingWorker.execute_job = die  # type: ignore[method-assign]
+    lifecycle.start = die  # type: ignore[assignment]
 
 
 def create_app(**config: Any) -> Flask:

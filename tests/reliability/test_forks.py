@@ -7,7 +7,8 @@ its engines. The work horses of ``--fork`` and the children of
 read another process's answer. Each handler here asks every bind for its own
 number, past psycopg's prepare threshold, and notes any other answer; with
 ``--fork`` the worker also relays the outbox from a thread, on the pool the
-work horses inherit.
+work horses inherit. With ``--threads 4`` each child runs four handlers at
+once, beside the parent's relay thread, on the pools they share.
 """
 
 from __future__ import annotations
@@ -38,8 +39,18 @@ FACTORY_TOUCHES_DATABASE = {
 
 @pytest.mark.parametrize(
     "forking",
-    [("--fork", "--relay"), ("--processes", "2"), ("--processes", "2", "--fork")],
-    ids=["work-horses", "processes", "processes-and-work-horses"],
+    [
+        ("--fork", "--relay"),
+        ("--processes", "2"),
+        ("--processes", "2", "--fork"),
+        ("--processes", "2", "--threads", "4", "--relay"),
+    ],
+    ids=[
+        "work-horses",
+        "processes",
+        "processes-and-work-horses",
+        "processes-and-threads",
+    ],
 )
 def test_forked_workers_query_the_database_on_connections_of_their_own(
     make_rel_app: Callable[..., Flask],

@@ -5,7 +5,8 @@ one event on PostgreSQL, rolling back one in five at random. Two of them run
 an app whose Redis is unreachable, so their events reach the workers only
 through the relays; the relays are due at once (``MESSAGING_RELAY_DELAY =
 0``), so they also race every other publisher's after-commit enqueue. Two
-``flask messaging worker --processes 2`` run throughout.
+``flask messaging worker --processes 2`` run throughout, their processes
+running one job at a time or four at once (``--threads 4``).
 
 Nothing is faulted, so the promise is strict: every committed event handled,
 none from a rolled-back transaction, and no job run twice (a relay never
@@ -41,21 +42,29 @@ ROLLBACK_RATE = 0.2
 CUT_OFF = 2
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
 
-FLEET = {
-    **{
-        f"workers-{n}": (
-            "worker",
-            "--processes",
-            "2",
-            "--logging-level",
-            "WARNING",
-            # The two relays below are the ones counted: workers leave it.
-            "--no-relay",
-        )
-        for n in range(2)
-    },
-    **{f"relay-{n}": ("relay", "--interval", "0.2") for n in range(2)},
-}
+#: Each worker process runs one job at a time, or four at once (``--threads``).
+WORKERS = [
+    pytest.param(("--processes", "2"), id="processes"),
+    pytest.param(("--processes", "2", "--threads", "4"), id="processes-and-threads"),
+]
+
+
+def fleet_commands(workers: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Two ``flask messaging worker`` commands with ``workers``, two relays."""
+    return {
+        **{
+            f"workers-{n}": (
+                "worker",
+                *workers,
+                "--logging-level",
+                "WARNING",
+                # The two relays below are the ones counted: workers leave it.
+                "--no-relay",
+            )
+            for n in range(2)
+        },
+        **{f"relay-{n}": ("relay", "--interval", "0.2") for n in range(2)},
+    }
 
 
 def publish(
@@ -76,17 +85,19 @@ def publish(
         errors.append(exc)
 
 
+@pytest.mark.parametrize("workers", WORKERS)
 def test_concurrent_publishers_relays_and_workers(
     make_rel_app: Callable[..., Flask],
     processes: Processes,
     history: History,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
+    workers: tuple[str, ...],
 ) -> None:
     app = make_rel_app(MESSAGING_RELAY_DELAY=0)
     # Same database; this app's after-commit enqueue always fails.
     cut_off = make_rel_app(UNREACHABLE_REDIS, MESSAGING_RELAY_DELAY=0)
-    fleet = Fleet(processes, FLEET)
+    fleet = Fleet(processes, fleet_commands(workers))
     errors: list[BaseException] = []
     threads = [
         threading.Thread(
@@ -109,7 +120,8 @@ def test_concurrent_publishers_relays_and_workers(
     results = reports(app, history, filter(sampled, history.runs("apply_work:runs")))
     with capsys.disabled():
         print(
-            f"\n{PUBLISHERS} publishers x {TRANSACTIONS} transactions:"
+            f"\n{' '.join(workers)}: {PUBLISHERS} publishers x {TRANSACTIONS}"
+            " transactions:"
             f" committed in {published:.1f} s, all handled in {elapsed:.1f} s;"
             f" rolled back: {len(history.rolled_back_tokens())}"
         )

@@ -2,7 +2,8 @@
 
 A publisher commits transactions of :data:`PER_TRANSACTION` events (every
 :data:`ROLLBACK_EVERY`-th rolls back) through ``register_event`` and the
-outbox; four ``flask messaging worker`` processes and two ``flask messaging
+outbox; four ``flask messaging worker`` processes (each running one job at a
+time, or four at once with ``--threads 4``) and two ``flask messaging
 relay`` processes run throughout. Redis (append-only file, fsync on every
 write) is stopped with SIGTERM and started again on the same port: once while
 the publisher commits, once while the workers drain. Then the checker:
@@ -42,10 +43,22 @@ DOWNTIME = 1.0
 
 # Workers on the default queues (all of the app's): a job whose worker, or
 # Redis, died before it started waits on its queue's intermediate list.
-FLEET = {
-    **{f"worker-{n}": ("worker", "--logging-level", "WARNING") for n in range(4)},
-    **{f"relay-{n}": ("relay", "--interval", "0.2") for n in range(2)},
-}
+# Each runs one job at a time, or four at once (``--threads``).
+WORKERS = [
+    pytest.param((), id="1-thread"),
+    pytest.param(("--threads", "4"), id="4-threads"),
+]
+
+
+def fleet_commands(workers: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Four ``flask messaging worker`` commands with ``workers``, two relays."""
+    return {
+        **{
+            f"worker-{n}": ("worker", *workers, "--logging-level", "WARNING")
+            for n in range(4)
+        },
+        **{f"relay-{n}": ("relay", "--interval", "0.2") for n in range(2)},
+    }
 
 
 class Publisher(threading.Thread):
@@ -83,16 +96,18 @@ def restart_after_downtime(server: RedisServer) -> None:
     server.start()
 
 
+@pytest.mark.parametrize("workers", WORKERS)
 def test_redis_restarted_twice_mid_run_loses_nothing(
     make_rel_app: Callable[..., Flask],
     aof_redis: RedisServer,
     processes: Processes,
     history: History,
     capsys: pytest.CaptureFixture[str],
+    workers: tuple[str, ...],
 ) -> None:
     app = make_rel_app(aof_redis.url)
     processes.env["MESSAGING_REDIS_URL"] = aof_redis.url
-    fleet = Fleet(processes, FLEET)
+    fleet = Fleet(processes, fleet_commands(workers))
     publisher = Publisher(app, history)
     started = time.monotonic()
     publisher.start()
@@ -120,7 +135,8 @@ def test_redis_restarted_twice_mid_run_loses_nothing(
     results = reports(app, history, filter(sampled, history.runs("apply_work:runs")))
     with capsys.disabled():
         print(
-            f"\nRedis restarted twice: {EVENTS} events committed in {published:.1f} s,"
+            f"\n{' '.join(workers) or '--threads 1'}: Redis restarted twice:"
+            f" {EVENTS} events committed in {published:.1f} s,"
             f" all handled in {elapsed:.1f} s; rolled back:"
             f" {len(history.rolled_back_tokens())} events; restarts: {fleet.restarts};"
             f" rescued jobs: {rescued}"
