@@ -35,9 +35,9 @@ import time
 from functools import partial
 from typing import Any
 
+from rq import timeouts
 from rq.job import Job
 from rq.queue import Queue
-from rq import timeouts
 from rq.utils import now
 from rq.worker import WorkerStatus
 
