@@ -28,7 +28,8 @@ from .dispatch import Delivery
 from .errors import DeliveryError, raise_failures
 from .message import Message
 from .message_broker import MessageBroker
-from .outbox import RELAYED_KEY, check_table, make_due, outbox_rows
+from .outbox import check_table, outbox_rows
+from .sender import send_committed
 from .state import (
     FlaskSQLAlchemy,
     MessagingState,
@@ -432,17 +433,9 @@ def _deliver(
         except DeliveryError as group:
             errors = [*(errors or ()), *group.exceptions]
     elif state.writes_outbox and stored:
-        try:
-            jobs.enqueue_once(messages, relayed_key=RELAYED_KEY)
-        except Exception:
-            logger.warning(
-                "Could not enqueue %d committed message(s) (%s); they wait in the"
-                " outbox for 'flask messaging relay' (or a worker's relay).",
-                len(messages),
-                ", ".join(m for m, _ in messages),
-                exc_info=True,
-            )
-            _make_due(state, [m for m, _ in messages])
+        # The rows are committed: the jobs are written by the app's sender
+        # thread, or left to the relay (sender.send_now).
+        send_committed(state, messages)
     else:
         deliveries = [d for _, ds in messages for d in ds]
         if deliveries:
@@ -461,17 +454,3 @@ def _deliver(
                 )
     if errors:
         raise_failures(type(pending[0].message).__message_name__, errors)
-
-
-def _make_due(state: MessagingState, message_ids: list[str]) -> None:
-    # Nobody else will enqueue these rows: a relay need not leave them to
-    # this process for MESSAGING_RELAY_DELAY.
-    try:
-        make_due(state, message_ids)
-    except Exception:
-        logger.warning(
-            "Could not mark %d outbox row(s) due at once; a relay takes them"
-            " after MESSAGING_RELAY_DELAY.",
-            len(message_ids),
-            exc_info=True,
-        )
