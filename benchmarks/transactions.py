@@ -101,7 +101,9 @@ def _relay(repeat: int, count: int) -> Row:
             for n in range(start, start + 1000):
                 register_event(AccountOpened(n, f"{n}@example.com"))
             db.session.commit()
-        wait_for_sent()  # the sender has failed on this client, rows made due
+        # The sender fails on this client (redis-py retries a refused
+        # connection for seconds), then makes the rows due.
+        wait_for_sent(timeout=300)
         logger.disabled = False
         state.use_redis(real)
         relay = Relay(state)
