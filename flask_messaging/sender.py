@@ -42,7 +42,14 @@ from .dispatch import Delivery
 from .outbox import RELAYED_KEY, make_due
 from .state import MessagingState, get_state
 
-__all__ = ["EXIT_TIMEOUT", "Sender", "send_committed", "send_now", "wait_for_sent"]
+__all__ = [
+    "EXIT_TIMEOUT",
+    "MAX_UNSENT",
+    "Sender",
+    "send_committed",
+    "send_now",
+    "wait_for_sent",
+]
 
 logger = logging.getLogger("flask_messaging")
 
@@ -56,6 +63,13 @@ MAX_MESSAGES_PER_SEND = SCRIPT_BATCH
 #: Seconds a process that exits waits for its senders; messages still unsent
 #: then are relayed from the outbox after ``MESSAGING_RELAY_DELAY``.
 EXIT_TIMEOUT = 5.0
+
+#: Messages a sender holds at most. Redis slow to answer (or hung: redis-py
+#: waits as long as it takes) must not fill the memory: a commit that finds
+#: this many waiting leaves its events to the relay, which takes them after
+#: ``MESSAGING_RELAY_DELAY``. One commit with more is taken when the sender
+#: holds nothing.
+MAX_UNSENT = 10_000
 
 
 def send_committed(state: MessagingState, messages: Messages) -> None:
@@ -139,6 +153,8 @@ class Sender:
         self._unsent = 0
         self._thread: threading.Thread | None = None
         self._closed = False
+        #: Commits are left to the relay (MAX_UNSENT messages wait).
+        self._full = False
 
     def send(self, messages: Messages) -> None:
         """Queue a commit's messages for the thread; returns at once.
@@ -147,6 +163,9 @@ class Sender:
         writes them in the calling thread instead.
         """
         with self._work:
+            if self._unsent and self._unsent + len(messages) > MAX_UNSENT:
+                self._shed(messages)
+                return
             if not self._closed:
                 self._queue.append(messages)
                 self._handed += 1
@@ -162,6 +181,18 @@ class Sender:
                 self._unsent -= len(messages)
                 self._closed = True
         send_now(self._state, messages)
+
+    def _shed(self, messages: Messages) -> None:
+        """Leave a commit's messages to the relay: the sender is full."""
+        if not self._full:  # once per stall, not once per commit
+            self._full = True
+            logger.warning(
+                "%d committed message(s) wait for Redis (slow or unreachable?):"
+                " the events of commits made meanwhile (%s first) are left to"
+                " the relay, which enqueues them after MESSAGING_RELAY_DELAY.",
+                self._unsent,
+                ", ".join(m for m, _ in messages),
+            )
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait until every commit handed over before this call is sent.
@@ -226,7 +257,7 @@ class Sender:
                 batch = self._take()
             try:
                 send_now(self._state, [m for commit in batch for m in commit])
-            except BaseException:
+            except Exception:
                 # send_now logs what it cannot do; this is a bug of ours, and
                 # the thread must live on for the commits that follow.
                 logger.exception("The sender of committed messages failed.")
@@ -234,6 +265,8 @@ class Sender:
                 with self._work:
                     self._done += len(batch)
                     self._unsent -= sum(len(commit) for commit in batch)
+                    if not self._unsent:
+                        self._full = False
                     self._progress.notify_all()
 
     def _take(self) -> list[Messages]:

@@ -122,6 +122,30 @@ def test_commits_from_several_threads_share_enqueue_calls_and_every_job_arrives(
     assert 1 <= script_calls(redis) <= 2
 
 
+def test_a_full_sender_leaves_the_commits_that_follow_to_the_relay(
+    app: Flask,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(flask_messaging.sender, "MAX_UNSENT", 2)
+    with writes_paused(redis):
+        sign_up(0)
+        sign_up(1)  # the sender holds 2: full
+        with caplog.at_level(logging.WARNING, "flask_messaging"):
+            sign_up(2)
+            sign_up(3)
+        assert caplog.text.count("2 committed message(s) wait for Redis") == 1
+        assert "left to the relay" in caplog.text
+    wait_for_sent()
+    assert jobs(redis) == 2
+    assert Relay(get_state()).run_once() == 2
+    assert jobs(redis) == 4
+    sign_up(4)  # emptied: it takes commits again
+    wait_for_sent()
+    assert jobs(redis) == 5
+
+
 def test_redis_down_at_send_time_makes_the_rows_due_and_a_relay_sends_them(
     make_tx_app: MakeApp,
     database_url: str,
