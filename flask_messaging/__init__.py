@@ -21,6 +21,7 @@ from .errors import (
 from .extension import Messaging
 from .idempotency import idempotent
 from .message import Message
+from .sender import wait_for_sent
 from .transaction import register_event, transactional
 
 __version__ = "0.1.0.dev0"
@@ -46,4 +47,5 @@ __all__ = [
     "override_message_broker",
     "register_event",
     "transactional",
+    "wait_for_sent",
 ]

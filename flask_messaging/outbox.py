@@ -5,9 +5,10 @@ written in that same transaction: if the transaction commits, the event is
 stored, whatever happens next. The row also holds the event's fan-out: the
 async subscribers that must receive it, decided by the committing code
 (predicates already evaluated). Right after the commit, the committing process
-enqueues the event's jobs. Rows it could not enqueue (Redis down, the process
-killed) are found by :class:`Relay` (``flask messaging relay``, or any
-``flask messaging worker``), which delivers exactly the stored fan-out.
+enqueues the event's jobs, from a thread of its own (:mod:`.sender`). Rows it
+could not enqueue (Redis down, the process killed) are found by
+:class:`Relay` (``flask messaging relay``, or any ``flask messaging
+worker``), which delivers exactly the stored fan-out.
 
 Enqueueing is made idempotent by a marker per message in Redis, set atomically
 with the jobs (``RQJobs.enqueue_once``): whoever

@@ -13,6 +13,8 @@ to (or the one a test installed with
 from __future__ import annotations
 
 import contextvars
+import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cached_property
@@ -26,6 +28,8 @@ from .dispatch import DurableJobSink, JobSink
 from .message_broker import MemoryBroker, MessageBroker
 from .signing import Signer
 from .subscription import SubscriptionRegistry
+
+logger = logging.getLogger("flask_messaging")
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -69,6 +73,16 @@ class BackgroundWorker(Protocol):
     def stop(self, timeout: float = 10) -> None: ...
 
 
+class CommitSender(Protocol):
+    """The thread that writes committed messages' jobs (``sender.Sender``)."""
+
+    #: The process it was made in; in any other it is not running.
+    @property
+    def pid(self) -> int: ...
+
+    def close(self, timeout: float | None = None) -> int: ...
+
+
 class MessagingState:
     """What the extension keeps per app, at ``app.extensions["messaging"]``.
 
@@ -90,6 +104,9 @@ class MessagingState:
         self.registry = SubscriptionRegistry()
         #: The worker threads of ``memory://``, once its first job started them.
         self.embedded_worker: BackgroundWorker | None = None
+        #: Writes the jobs of committed events (outbox on), once the first
+        #: such commit of this process made it (flask_messaging.sender).
+        self.sender: CommitSender | None = None
         self.jobs = make_jobs(self)
         #: The job sink again when its jobs outlive this process (RQ), else
         #: None (inline delivery): decided once, not at every commit.
@@ -168,13 +185,28 @@ class MessagingState:
         self.__dict__["redis"] = client
 
     def close(self, timeout: float = 10) -> None:
-        """Stop the embedded worker and drop the Redis client and its pool.
+        """Send what the sender holds, stop the embedded worker, drop Redis.
 
-        :param timeout: seconds to wait for the embedded worker's job in hand.
-            The next use of :attr:`redis` makes a new client (with
-            ``memory://``, a new, empty server, whose first job starts a new
-            embedded worker): jobs not run yet are dropped with the old one.
+        :param timeout: seconds to wait for the sender to write the jobs of
+            the events committed so far (then, for each still unsent, a
+            warning is logged and its outbox row is left to the relay), and
+            again for the embedded worker's job in hand. The next commit
+            makes a new sender, the next use of :attr:`redis` a new client
+            (with ``memory://``, a new, empty server, whose first job starts
+            a new embedded worker): jobs not run yet are dropped with the
+            old one.
         """
+        sender, self.sender = self.sender, None
+        if sender is not None and sender.pid == os.getpid():
+            left = sender.close(timeout)
+            if left:
+                logger.warning(
+                    "Messaging closed with %d committed message(s) not enqueued"
+                    " after %g s (Redis slow or unreachable?): a relay enqueues"
+                    " them from the outbox after MESSAGING_RELAY_DELAY.",
+                    left,
+                    timeout,
+                )
         if self.embedded_worker is not None:
             self.embedded_worker.stop(timeout)
             # The next job starts another, on the new client's server.
@@ -194,8 +226,12 @@ class MessagingState:
         remedy for forks: the parent's connections are left alone, not
         closed under it), and empties the pools of the app's Redis client and
         of ``connections`` the same way; each opens new connections on first
-        use. Called first thing in every process our workers fork.
+        use. The parent's sender is dropped, never touched: its thread is
+        not in this process, and its lock may have been held at the fork;
+        the next commit makes one for this process. Called first thing in
+        every process our workers fork.
         """
+        self.sender = None
         if self.db is not None:
             with self.app.app_context():
                 # Flask-SQLAlchemy: the engine of each bind, the default one too.

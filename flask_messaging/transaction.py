@@ -28,7 +28,8 @@ from .dispatch import Delivery
 from .errors import DeliveryError, raise_failures
 from .message import Message
 from .message_broker import MessageBroker
-from .outbox import RELAYED_KEY, check_table, make_due, outbox_rows
+from .outbox import check_table, outbox_rows
+from .sender import send_committed
 from .state import (
     FlaskSQLAlchemy,
     MessagingState,
@@ -316,7 +317,7 @@ def _seal(
     try:
         # One row as a single execute: SQLAlchemy's executemany path costs
         # about 0.1 ms more, a tenth of a small transaction.
-        connection.execute(sa.insert(state.outbox), rows[0] if len(rows) == 1 else rows)
+        connection.execute(_insert(state.outbox), rows[0] if len(rows) == 1 else rows)
     except sa.exc.DBAPIError:
         # A missing table or column (not created, not migrated) says so,
         # with the fix; anything else is the database's own error.
@@ -324,6 +325,19 @@ def _seal(
         raise
     events.stored = True
     commit_order.commit_others_first(session, outbox_bind, committing)
+
+
+#: One INSERT per outbox table, made once: SQLAlchemy keeps a statement's
+#: cache key, so its compiled form is found at once, where a statement made
+#: anew at every commit has its key computed again (about 0.1 ms of CPU).
+_inserts: weakref.WeakKeyDictionary[sa.Table, sa.Insert] = weakref.WeakKeyDictionary()
+
+
+def _insert(table: sa.Table) -> sa.Insert:
+    insert = _inserts.get(table)
+    if insert is None:
+        insert = _inserts[table] = sa.insert(table)
+    return insert
 
 
 def _after_commit(session: Session) -> None:
@@ -432,17 +446,9 @@ def _deliver(
         except DeliveryError as group:
             errors = [*(errors or ()), *group.exceptions]
     elif state.writes_outbox and stored:
-        try:
-            jobs.enqueue_once(messages, relayed_key=RELAYED_KEY)
-        except Exception:
-            logger.warning(
-                "Could not enqueue %d committed message(s) (%s); they wait in the"
-                " outbox for 'flask messaging relay' (or a worker's relay).",
-                len(messages),
-                ", ".join(m for m, _ in messages),
-                exc_info=True,
-            )
-            _make_due(state, [m for m, _ in messages])
+        # The rows are committed: the jobs are written by the app's sender
+        # thread, or left to the relay (sender.send_now).
+        send_committed(state, messages)
     else:
         deliveries = [d for _, ds in messages for d in ds]
         if deliveries:
@@ -461,17 +467,3 @@ def _deliver(
                 )
     if errors:
         raise_failures(type(pending[0].message).__message_name__, errors)
-
-
-def _make_due(state: MessagingState, message_ids: list[str]) -> None:
-    # Nobody else will enqueue these rows: a relay need not leave them to
-    # this process for MESSAGING_RELAY_DELAY.
-    try:
-        make_due(state, message_ids)
-    except Exception:
-        logger.warning(
-            "Could not mark %d outbox row(s) due at once; a relay takes them"
-            " after MESSAGING_RELAY_DELAY.",
-            len(message_ids),
-            exc_info=True,
-        )

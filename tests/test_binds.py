@@ -18,7 +18,7 @@ from flask import Flask
 from rq import Queue
 from sqlalchemy.orm import Session
 
-from flask_messaging import Message
+from flask_messaging import Message, wait_for_sent
 from flask_messaging.commit_order import commit_others_first
 from flask_messaging.outbox import Relay
 from flask_messaging.queue_names import LOW_PRIORITY
@@ -69,6 +69,8 @@ def outbox_count() -> int:
 
 
 def jobs() -> int:
+    """The jobs in Redis once the sender has written every commit's."""
+    wait_for_sent()
     return int(Queue(LOW_PRIORITY, connection=get_state().redis).count)
 
 

@@ -742,6 +742,7 @@ def test_messaging_page_shows_subscribers_queues_and_failures(app: Flask) -> Non
 def test_outbox_backlog_on_the_messaging_page(
     tmp_path: Path, real_redis_url: str
 ) -> None:
+    from flask_messaging import wait_for_sent
     from flask_messaging.transaction import register_event
 
     from .tx_app import User, UserRegistered, create_app, db
@@ -763,6 +764,7 @@ def test_outbox_backlog_on_the_messaging_page(
             db.session.flush()
             register_event(UserRegistered(user_id=user.id, email=user.email))
             db.session.commit()
+        wait_for_sent()
         page = client.get("/rq/messaging/", headers=basic()).text
         # Enqueued at commit: not waiting for the relay, only for its mark.
         assert '<strong id="outbox-waiting">0</strong>' in page
