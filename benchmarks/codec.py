@@ -43,6 +43,6 @@ def run(repeat: int, count: int = 50_000) -> list[Row]:
             "pickle round trip",
             anchor,
             ours,
-            target=10.0,
+            target=1.0,
         ),
     ]
