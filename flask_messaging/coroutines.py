@@ -329,8 +329,10 @@ class HandlerLoop:
     def close(self, timeout: float | None = None) -> None:
         """Let the coroutines in flight finish, then stop the loop and its thread.
 
-        :meth:`submit` raises from the moment ``close`` is called. Calling it
-        again does nothing more.
+        :meth:`submit` raises from the moment ``close`` is called. Called
+        again while a first call waits (a second signal interrupted it),
+        with a ``timeout``: cancels what runs and stops within that time;
+        without one, waits for the loop's thread.
 
         :param timeout: seconds to wait for coroutines in flight; those still
             running then are cancelled (their futures too), and waited for
@@ -344,9 +346,15 @@ class HandlerLoop:
             )
         with self._lock:
             already, self._closed = self._closed, True
-        if already or self._forked:
-            if not self._forked:
+        if self._forked:
+            return
+        if already:
+            if timeout is None:
                 self._thread.join()
+            else:
+                # A close interrupted while it waited (a second signal during
+                # a warm shutdown): stop now, within ``timeout``.
+                self._stop_within(timeout)
             return
         with self._lock:
             finished = self._settled.wait_for(lambda: not self._running, timeout)
@@ -360,6 +368,21 @@ class HandlerLoop:
         self._stop_timeout = timeout
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
+
+    def _stop_within(self, timeout: float) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._cancel_all)
+        except RuntimeError:
+            pass  # the loop is closed already
+        with self._lock:
+            self._settled.wait_for(lambda: not self._running, timeout)
+        self._give_up()
+        self._stop_timeout = timeout
+        try:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        except RuntimeError:
+            pass
+        self._thread.join(timeout + 1)
 
     # -- on the loop's thread ------------------------------------------------
 
@@ -458,4 +481,11 @@ class HandlerLoop:
 
 async def _run(make: Callable[[], Awaitable[T]], timeout: float | None) -> T:
     async with asyncio.timeout(timeout):
-        return await make()
+        try:
+            return await make()
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # Out of a task, asyncio raises these out of the loop itself,
+            # which would stop it for every later coroutine: fail this one.
+            raise RuntimeError(
+                f"The handler raised {type(exc).__name__}{exc.args!r}"
+            ) from exc

@@ -488,3 +488,19 @@ def test_a_coroutine_of_a_full_loop_cannot_wait_for_a_place_on_it(
 
     with pytest.raises(RuntimeError, match="HandlerLoop is full"):
         loop.submit(nested).result(timeout=30)
+
+
+def test_a_second_close_with_a_timeout_stops_a_close_that_waits() -> None:
+    # A cold shutdown interrupts a warm one waiting in close(): the second
+    # close cancels what runs and returns within its timeout.
+    loop = HandlerLoop(2)
+    future = loop.submit(lambda: asyncio.sleep(60))
+    waiting = threading.Thread(target=loop.close, daemon=True)
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while not loop.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    loop.close(timeout=0.5)
+    assert future.cancelled()
+    waiting.join(5)
+    assert not waiting.is_alive()

@@ -59,6 +59,7 @@ from flask_messaging._rq.job_template import (
 from flask_messaging._rq.queue_cleanup import id_keys
 from flask_messaging._rq.serializer import JSONSerializer
 from flask_messaging._rq.status import latest_result
+from flask_messaging._rq.threaded import ThreadedMessagingWorker
 from flask_messaging._rq.workers import (
     ForkingMessagingWorker,
     MessagingWorker,
@@ -113,6 +114,9 @@ OVERRIDES: dict[tuple[type, type], dict[str, str]] = {
             " lost (workers.py)"
         ),
         "bootstrap": "a worker logs the subscribers it serves (workers.py)",
+        "request_force_stop": (
+            "a cold shutdown is told from a handler's own SystemExit (workers.py)"
+        ),
         "check_for_suspension": (
             "'rq suspend' is looked for once a second, not before every job"
             " (workers.py)"
@@ -153,6 +157,17 @@ OVERRIDES: dict[tuple[type, type], dict[str, str]] = {
             " building blocks (lifecycle.py)"
         ),
     },
+    (ThreadedMessagingWorker, BaseWorker): {
+        "bootstrap": "executors, recorder, watchdog and event loop start (threaded.py)",
+        "work": "max_jobs counts every job taken (threaded.py)",
+        "dequeue_job_and_maintain_ttl": (
+            "a job is taken only while a thread is free; a burst ends with no"
+            " job in hand (threaded.py)"
+        ),
+        "execute_job": "jobs are handed to executor threads (threaded.py)",
+        "set_state": "idle only with no job in hand (threaded.py)",
+        "teardown": "the jobs in hand end before the worker deregisters (threaded.py)",
+    },
     (ForkingMessagingWorker, Worker): {
         "main_work_horse": "each work horse opens its own connections (workers.py)",
     },
@@ -178,6 +193,7 @@ OVERRIDES: dict[tuple[type, type], dict[str, str]] = {
 READ_ARGUMENTS: dict[tuple[type, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
     (JobFaultsMixin, "handle_job_failure"): (("job",), ("job", "exc_string")),
     (JobFaultsMixin, "monitor_work_horse"): (("job", "queue"), ()),
+    (ThreadedMessagingWorker, "work"): ((), ("max_jobs",)),
 }
 
 OVERRIDE_ROWS = [
@@ -293,6 +309,7 @@ def test_every_member_of_ours_that_rq_also_has_is_a_listed_override() -> None:
         MessagingWorker,
         ForkingMessagingWorker,
         ThreadWorker,
+        ThreadedMessagingWorker,
         CheckedScheduler,
     ):
         for klass in cls.__mro__:

@@ -15,6 +15,7 @@ worker's counters.
 
 from __future__ import annotations
 
+import concurrent.futures
 import inspect
 import logging
 import sys
@@ -38,6 +39,7 @@ __all__ = [
     "ExcInfo",
     "Running",
     "current_exc_info",
+    "become_idle",
     "extend",
     "record_failure",
     "record_successes",
@@ -71,6 +73,8 @@ class Running:
     deadline: float | None
     #: The thread running the handler, while it does (for the watchdog).
     thread: threading.Thread | None = None
+    #: An ``async def`` handler's coroutine, once handed to the event loop.
+    future: concurrent.futures.Future[None] | None = None
     #: How it ended is decided, and recorded once, by whoever decided: its
     #: thread, the event loop, or the watchdog that wrote it off.
     claimed: bool = False
@@ -159,8 +163,14 @@ def record_successes(
             rq2: Any = worker
             rq2.set_current_job_id(None, pipeline=pipe)
         if idle:
-            worker.set_state(WorkerStatus.IDLE, pipeline=pipe)
+            # Not set_state: it makes the worker idle in memory at once, and
+            # a stop asked for before the pipeline runs would then be raised
+            # out of it (RQ stops an idle worker where it is), the jobs'
+            # ends unwritten.
+            pipe.hset(worker.key, "state", WorkerStatus.IDLE)
         pipe.execute()
+    if idle:
+        worker._state = WorkerStatus.IDLE
     _forget(worker, done)
     for r in done:
         worker.log.info("%s: Job OK (%s)", r.job.origin, r.job.id)
@@ -197,6 +207,11 @@ def record_failure(worker: BaseWorker, r: Running, exc_info: ExcInfo) -> None:
         finally:
             worker.execution = None
     _forget(worker, [r])
+
+
+def become_idle(worker: BaseWorker) -> None:
+    """Record the worker idle (its last job in hand has ended)."""
+    worker.set_state(WorkerStatus.IDLE)
 
 
 def extend(worker: BaseWorker, running: Sequence[Running]) -> None:

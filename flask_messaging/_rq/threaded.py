@@ -66,6 +66,11 @@ COLD_RECORD_WAIT = 5.0
 #: Most ``async def`` handlers in flight at once per process, by default.
 ASYNC_LIMIT = 100
 
+#: Seconds past its deadline after which a coroutine the event loop did not
+#: time out (the loop blocked, or the handler swallowed its cancellation)
+#: is failed by the watchdog.
+ASYNC_GRACE = 5.0
+
 #: Why the jobs in hand failed, in a cold shutdown.
 COLD_SHUTDOWN = "the worker was stopped at once (cold shutdown)"
 
@@ -112,7 +117,6 @@ class ThreadedMessagingWorker(MessagingWorker):
         self._recorder: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self._watching = threading.Event()
-        self._cold = False
         self._max_jobs: int | None = None
         #: Jobs taken by this worker (for ``max_jobs``).
         self._taken = 0
@@ -226,10 +230,6 @@ class ThreadedMessagingWorker(MessagingWorker):
         if state == WorkerStatus.IDLE and pipeline is None and self._in_hand:
             return
         super().set_state(state, pipeline)
-
-    def request_force_stop(self, signum: Any, frame: Any) -> None:
-        self._cold = True
-        super().request_force_stop(signum, frame)
 
     def teardown(self) -> None:
         try:
@@ -348,6 +348,7 @@ class ThreadedMessagingWorker(MessagingWorker):
         if isinstance(result, concurrent.futures.Future):
             # Its end comes from the loop; this thread takes the next job.
             job._result = None
+            running.future = result
             result.add_done_callback(partial(self._coroutine_ended, running))
             self._free.release()
             return None
@@ -399,10 +400,7 @@ class ThreadedMessagingWorker(MessagingWorker):
         successes = [running for running, exc_info in batch if exc_info is None]
         try:
             if successes:
-                with self._lock:
-                    last = len(self._in_hand) == len(successes) == len(batch)
-                idle = last and self._waiting_for_job
-                _persist(partial(lifecycle.record_successes, self, successes, idle))
+                _persist(partial(lifecycle.record_successes, self, successes))
             for running, exc_info in batch:
                 if exc_info is not None:
                     _persist(partial(lifecycle.record_failure, self, running, exc_info))
@@ -416,7 +414,15 @@ class ThreadedMessagingWorker(MessagingWorker):
             with self._lock:
                 for running, _ in batch:
                     self._in_hand.pop(running.execution.id, None)
+                idle = not self._in_hand and self._waiting_for_job
                 self._lock.notify_all()
+        if idle:
+            # The last job in hand ended while the worker waits for more:
+            # idle in RQ's tools, and a stop asked for now ends the wait.
+            try:
+                lifecycle.become_idle(self)
+            except Exception:
+                logger.warning("Could not record the worker idle.", exc_info=True)
 
     # -- the watchdog thread ----------------------------------------------
 
@@ -428,8 +434,12 @@ class ThreadedMessagingWorker(MessagingWorker):
                 in_hand = list(self._in_hand.values())
             for running in in_hand:
                 deadline = running.deadline
-                if deadline is not None and moment > deadline:
+                if deadline is None or moment <= deadline:
+                    continue
+                if running.future is None:
                     self._write_off(running, _timed_out(running))
+                elif moment > deadline + ASYNC_GRACE:
+                    self._write_off_coroutine(running)
             stale = [
                 r
                 for r in in_hand
@@ -471,6 +481,28 @@ class ThreadedMessagingWorker(MessagingWorker):
                 stuck,
                 self.name,
             )
+
+    def _write_off_coroutine(self, running: Running) -> None:
+        """Fail an ``async def`` handler the event loop did not time out.
+
+        The loop's own timeout cancels a coroutine at its deadline; past
+        :data:`ASYNC_GRACE` more, the loop is blocked (a synchronous call in
+        some coroutine) or the handler swallowed its cancellation: the job
+        is failed per its policy, and its coroutine cancelled again.
+        """
+        with self._lock:
+            if running.claimed:
+                return
+            running.claimed = True
+        self._ended.put((running, _timed_out(running)))
+        if running.future is not None:
+            running.future.cancel()
+        logger.error(
+            "Job %s's async def handler ran past its timeout without being"
+            " cancelled: the event loop is blocked (a synchronous call in a"
+            " coroutine?) or the handler swallows CancelledError. Failed.",
+            running.job.id,
+        )
 
     def _write_off_all(self, why: str) -> None:
         """Fail every job in hand now, per its retry policy (a cold shutdown)."""

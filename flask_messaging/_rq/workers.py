@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 from types import FrameType
@@ -69,6 +68,8 @@ class _MessagingWorkerMixin:
         #: True while RQ's idle loop waits for a job (see request_stop).
         self._waiting_for_job = False
         self._suspension_checked_at: float | None = None
+        #: A cold shutdown was asked for (a second signal).
+        self._cold = False
         super().__init__(*args, **kwargs)
 
     def request_stop(self, signum: Any, frame: Any) -> None:
@@ -79,6 +80,12 @@ class _MessagingWorkerMixin:
         # its next turn (heartbeat, below).
         self._stop_requested = True
         super().request_stop(signum, frame)  # type: ignore[misc]
+
+    def request_force_stop(self, signum: Any, frame: Any) -> None:
+        # RQ raises SystemExit here, where the worker happens to be: a job
+        # that sees it must know it is the worker's stop, not its handler's.
+        self._cold = True
+        super().request_force_stop(signum, frame)  # type: ignore[misc]
 
     def check_for_suspension(self, burst: bool) -> None:
         # RQ looks before every job, a round trip each: once a second is soon
@@ -325,9 +332,10 @@ class _LeanJobs:
             job.ended_at = now()
         except BaseException:
             # A cold shutdown (SystemExit) fails the job in hand, per its
-            # retry policy, before it ends the worker.
+            # retry policy, before it ends the worker; a handler's own
+            # SystemExit or KeyboardInterrupt fails only its job, as in RQ.
             lifecycle.record_failure(worker, running, lifecycle.current_exc_info())
-            if not isinstance(sys.exc_info()[1], Exception):
+            if worker._cold:
                 raise
         else:
             lifecycle.record_successes(worker, [running], idle=True)
