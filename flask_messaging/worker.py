@@ -183,11 +183,13 @@ def _work(
     """
     pauses = RestartPause()
     while True:
-        worker: MessagingWorker | ForkingMessagingWorker = make_worker(
-            app, queues, fork=fork, threads=threads
-        )
         started = time.monotonic()
         try:
+            # Made inside: RQ's worker talks to Redis as it is made, and a
+            # Redis still down must pause and retry, not end the process.
+            worker: MessagingWorker | ForkingMessagingWorker = make_worker(
+                app, queues, fork=fork, threads=threads
+            )
             worker.work(**work_kwargs)
         except (RedisError, OSError):
             if work_kwargs["burst"]:

@@ -258,6 +258,25 @@ def test_a_job_refused_at_the_take_is_failed_and_the_others_run(
     assert (counts["finished"], counts["failed"], counts["intermediate"]) == (5, 1, 0)
 
 
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_job_whose_start_redis_refuses_fails_alone(
+    make_app: Callable[..., Flask], threads: int
+) -> None:
+    app = app_with(make_app)
+    reset(barrier=threading.Barrier(1))
+    publish(app, *(Meet(n) for n in range(6)))
+    redis = get_state(app).redis
+    job_ids = [i.decode() for i in redis.lrange(f"rq:queue:{QUEUE}", 0, -1)]
+    # Someone else's string where RQ keeps the job's executions: the
+    # transaction that starts a batch of jobs fails for this one only.
+    redis.set(f"rq:executions:{job_ids[1]}", "x")
+    worker = make_worker(app, [QUEUE], threads=threads)
+    worker.work(burst=True, logging_level="WARNING")
+    counts = registries(app)
+    assert (counts["finished"], counts["failed"], counts["intermediate"]) == (5, 1, 0)
+    assert counts["started"] == 0
+
+
 def test_fork_and_threads_are_refused_together(make_app: Callable[..., Flask]) -> None:
     app = app_with(make_app)
     with pytest.raises(ValueError, match="--threads 1 with --fork"):

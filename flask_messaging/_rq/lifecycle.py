@@ -82,7 +82,9 @@ class Running:
     extended_at: float = field(default_factory=time.monotonic)
 
 
-def start(worker: BaseWorker, taken: Sequence[tuple[Job, Queue]]) -> list[Running]:
+def start(
+    worker: BaseWorker, taken: Sequence[tuple[Job, Queue]]
+) -> tuple[list[Running], list[tuple[Job, Queue, Exception]]]:
     """Record ``taken`` jobs as started, in one transaction.
 
     Each gets RQ's execution (in the queue's started registry and the
@@ -90,11 +92,19 @@ def start(worker: BaseWorker, taken: Sequence[tuple[Job, Queue]]) -> list[Runnin
     made persistent, and its id taken off the queue's intermediate list, as
     RQ's ``prepare_execution`` and ``prepare_job_execution`` write them.
     The worker becomes busy if it was not.
+
+    :return: the jobs started, and those whose start Redis refused (a key
+        of another type, written there by someone else), each with why: the
+        others' starts are written all the same.
+    :raises redis.RedisError: Redis refused the worker's own writes, or
+        could not be reached.
     """
     running: list[Running] = []
+    spans: list[tuple[int, int]] = []
     started = time.monotonic()
     with worker.connection.pipeline() as pipe:
         for job, queue in taken:
+            first = len(pipe)
             ttl = worker.get_heartbeat_ttl(job)
             execution = Execution.create(
                 job, ttl, pipeline=pipe, worker_name=worker.name
@@ -102,9 +112,11 @@ def start(worker: BaseWorker, taken: Sequence[tuple[Job, Queue]]) -> list[Runnin
             job.prepare_for_execution(worker.name, pipe)
             pipe.persist(job.key)
             pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            spans.append((first, len(pipe)))
             timeout = job.timeout or queue.DEFAULT_TIMEOUT
             deadline = None if timeout < 0 else started + timeout
             running.append(Running(job, queue, execution, deadline))
+        own = len(pipe)
         if _KEEPS_CURRENT_JOB:
             # rq 2 names one job in the worker's hash: the latest started.
             rq2: Any = worker
@@ -112,12 +124,25 @@ def start(worker: BaseWorker, taken: Sequence[tuple[Job, Queue]]) -> list[Runnin
             rq2.set_current_job_working_time(0, pipeline=pipe)
         if worker.get_state() != WorkerStatus.BUSY:
             worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
-        pipe.execute()
+        # Redis runs every command of the transaction even when one fails:
+        # one job's key of another type must not fail the others with it.
+        replies = pipe.execute(raise_on_error=False)
+    for reply in replies[own:]:
+        if isinstance(reply, Exception):
+            raise reply
+    refused: list[tuple[Job, Queue, Exception]] = []
+    kept: list[Running] = []
+    for r, (first, last) in zip(running, spans, strict=True):
+        error = next((x for x in replies[first:last] if isinstance(x, Exception)), None)
+        if error is None:
+            kept.append(r)
+        else:
+            refused.append((r.job, r.queue, error))
     executions = getattr(worker, "executions", None)
     if isinstance(executions, dict):  # rq 3 keeps every execution in hand
-        for r in running:
+        for r in kept:
             executions[r.execution.id] = r.execution
-    return running
+    return kept, refused
 
 
 def record_successes(

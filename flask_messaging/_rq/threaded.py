@@ -162,28 +162,23 @@ class ThreadedMessagingWorker(MessagingWorker):
         if self._max_jobs is not None and self._taken >= self._max_jobs:
             self._stop_requested = True  # RQ's loop counts one job a call
         try:
-            started = lifecycle.start(self, taken)
+            started, refused = lifecycle.start(self, taken)
         except LOST_REDIS:
             self._release(len(taken))
             raise  # the jobs wait on the intermediate list for the clean-up
-        except Exception as exc:
-            self._release(len(taken))
-            for job, queue in taken:
-                reason = (
-                    f"The worker could not start job {job.id}: {describe(exc)}."
-                    " It was moved to the failed registry; its handler did not"
-                    " run."
-                )
-                logger.error("%s", reason, exc_info=exc)
-                fail_job(
-                    self.connection,
-                    queue,
-                    job.id,
-                    reason,
-                    self._failure_ttl(),
-                    self.name,
-                )
-            return
+        except Exception as error:
+            started, refused = [], [(job, queue, error) for job, queue in taken]
+        self._release(len(refused))
+        for job, queue, why in refused:
+            reason = (
+                f"The worker could not start job {job.id}: {describe(why)}."
+                " It was moved to the failed registry; its handler did not"
+                " run."
+            )
+            logger.error("%s", reason, exc_info=why)
+            fail_job(
+                self.connection, queue, job.id, reason, self._failure_ttl(), self.name
+            )
         with self._lock:
             for running in started:
                 self._in_hand[running.execution.id] = running

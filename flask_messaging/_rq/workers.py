@@ -319,7 +319,10 @@ class _LeanJobs:
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         worker: Any = self
-        (running,) = lifecycle.start(worker, [(job, queue)])
+        started, refused = lifecycle.start(worker, [(job, queue)])
+        if refused:
+            raise refused[0][2]  # failed as any fault of this job is
+        (running,) = started
         if not lifecycle.FAILURE_TAKES_EXECUTION:
             worker.execution = running.execution  # rq 2 reads it from here
         try:
