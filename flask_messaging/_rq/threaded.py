@@ -151,6 +151,7 @@ class ThreadedMessagingWorker(MessagingWorker):
                 self._free.release()
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
+        """RQ's work loop, with ``max_jobs`` counting every job taken."""
         self._max_jobs = kwargs.get("max_jobs")
         return bool(super().work(*args, **kwargs))
 
