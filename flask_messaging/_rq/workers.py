@@ -16,7 +16,9 @@ from types import FrameType
 from typing import Any
 
 from flask import Flask
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker, Worker
 from rq.exceptions import StopRequested
 from rq.job import Job
@@ -98,7 +100,13 @@ class _MessagingWorkerMixin:
         ):
             return
         self._suspension_checked_at = moment
-        super().check_for_suspension(burst)  # type: ignore[misc]
+        try:
+            super().check_for_suspension(burst)  # type: ignore[misc]
+        except (RedisConnectionError, RedisTimeoutError):
+            # RQ's loop would quit on it, and the worker be replaced under
+            # another name: the wait for a job that follows rides out a
+            # Redis restart (RQ retries there), and registers again.
+            logger.warning("Could not ask Redis whether workers are suspended.")
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         if self._waiting_for_job and self._stop_requested:
