@@ -361,3 +361,21 @@ def test_a_handlers_own_systemexit_fails_only_its_job_on_one_thread(
     worker.work(burst=True, logging_level="WARNING")
     counts = registries(app)
     assert (counts["finished"], counts["failed"], counts["queued"]) == (1, 1, 0)
+
+
+def test_a_shutdown_does_not_wait_for_a_handler_written_off_meanwhile(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = app_with(make_app)
+    reset(in_c=True)
+    publish(app, Stall(30))
+    # max_jobs=1: the worker stops taking jobs at once, and waits for the one
+    # in hand, which is written off at its timeout while it waits.
+    burst(app, threads=2, max_jobs=1)
+    counts = registries(app)
+    assert (counts["failed"], counts["started"]) == (1, 0)
+    # The worker is done while the handler's thread still sleeps.
+    assert any(
+        t.name.startswith("flask-messaging-executor") and t.is_alive()
+        for t in threading.enumerate()
+    )

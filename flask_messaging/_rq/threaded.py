@@ -271,7 +271,10 @@ class ThreadedMessagingWorker(MessagingWorker):
         for _ in executors:
             self._todo.put(None)
         for thread in executors:
-            thread.join()
+            # One written off meanwhile may never return (blocked in C):
+            # its replacement took its place, and the wait ends.
+            while thread.is_alive() and thread not in self._stuck:
+                thread.join(0.5)
         if self._handler_loop is not None:
             self._handler_loop.close()  # lets the coroutines in flight end
         self._stop_threads()
