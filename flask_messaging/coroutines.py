@@ -359,29 +359,31 @@ class HandlerLoop:
         with self._lock:
             finished = self._settled.wait_for(lambda: not self._running, timeout)
         if not finished:
-            self._loop.call_soon_threadsafe(self._cancel_all)
+            self._call_soon(self._cancel_all)
             with self._lock:
                 self._settled.wait_for(lambda: not self._running, timeout)
             # Those that ignore cancellation are left with the loop, and
             # their callers told, not left waiting.
             self._give_up()
         self._stop_timeout = timeout
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._call_soon(self._loop.stop)
         self._thread.join()
 
-    def _stop_within(self, timeout: float) -> None:
+    def _call_soon(self, callback: Callable[[], object]) -> None:
+        # A second close (see close) may have stopped and closed the loop
+        # while this one waited: then there is nothing left to do there.
         try:
-            self._loop.call_soon_threadsafe(self._cancel_all)
+            self._loop.call_soon_threadsafe(callback)
         except RuntimeError:
-            pass  # the loop is closed already
+            pass
+
+    def _stop_within(self, timeout: float) -> None:
+        self._call_soon(self._cancel_all)
         with self._lock:
             self._settled.wait_for(lambda: not self._running, timeout)
         self._give_up()
         self._stop_timeout = timeout
-        try:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        except RuntimeError:
-            pass
+        self._call_soon(self._loop.stop)
         self._thread.join(timeout + 1)
 
     # -- on the loop's thread ------------------------------------------------

@@ -53,6 +53,10 @@ def outbox_backlog(app: Flask) -> int:
         )
 
 
+#: Seconds between the two sightings that make a job stranded.
+STRANDED_AFTER = 5.0
+
+
 def wait_for_quiet(
     app: Flask, fleet: Fleet, history: History, limit: float = 240
 ) -> dict[str, int]:
@@ -71,10 +75,17 @@ def wait_for_quiet(
     seen: set[str] = set()
     snapshot: list[Any] = []
 
+    looked_at: list[float] = []
+
     def quiet() -> bool:
         fleet.keep_up()
         rescued["abandoned"] += rescue_abandoned(redis, QUEUE)
-        rescued["stranded"] += rescue_stranded(redis, worker, QUEUE, seen)
+        # A job is stranded if seen on the intermediate list twice, seconds
+        # apart: a loaded machine may hold a worker a moment between its
+        # take and the start that takes the job off that list.
+        if not looked_at or time.monotonic() - looked_at[0] >= STRANDED_AFTER:
+            looked_at[:] = [time.monotonic()]
+            rescued["stranded"] += rescue_stranded(redis, worker, QUEUE, seen)
         runs = [
             sum(history.runs(f"{handler}:runs").values())
             for handler in ("apply_work", "count_work")
