@@ -78,7 +78,9 @@ def test_a_worker_registers_again_after_a_redis_restart(
 
     private_redis.restart()  # no persistence: the worker's records are gone
     wait_until(lambda: registered_workers(redis), "the worker to register again")
-    assert [w.name for w in registered_workers(redis)] == [name]
+    # Registered again by its heartbeat, or (when RQ's loop quit on the lost
+    # connection first) by the replacement _work makes: one worker, alive.
+    (name,) = [w.name for w in registered_workers(redis)]
     assert process.poll() is None
 
     monkeypatch.setenv("MESSAGING_REDIS_URL", private_redis.url)
