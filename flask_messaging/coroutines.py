@@ -354,19 +354,16 @@ class HandlerLoop:
             else:
                 # A close interrupted while it waited (a second signal during
                 # a warm shutdown): stop now, within ``timeout``.
-                self._stop_within(timeout)
+                self._cancel_and_stop(timeout)
+                self._thread.join(timeout + 1)
             return
         with self._lock:
             finished = self._settled.wait_for(lambda: not self._running, timeout)
-        if not finished:
-            self._call_soon(self._cancel_all)
-            with self._lock:
-                self._settled.wait_for(lambda: not self._running, timeout)
-            # Those that ignore cancellation are left with the loop, and
-            # their callers told, not left waiting.
-            self._give_up()
-        self._stop_timeout = timeout
-        self._call_soon(self._loop.stop)
+        if finished:
+            self._stop_timeout = timeout
+            self._call_soon(self._loop.stop)
+        else:
+            self._cancel_and_stop(timeout)
         self._thread.join()
 
     def _call_soon(self, callback: Callable[[], object]) -> None:
@@ -377,14 +374,16 @@ class HandlerLoop:
         except RuntimeError:
             pass
 
-    def _stop_within(self, timeout: float) -> None:
+    def _cancel_and_stop(self, timeout: float | None) -> None:
+        """Cancel the coroutines in flight, wait ``timeout`` for them, stop the loop."""
         self._call_soon(self._cancel_all)
         with self._lock:
             self._settled.wait_for(lambda: not self._running, timeout)
+        # Those that ignore cancellation are left with the loop, and their
+        # callers told, not left waiting.
         self._give_up()
         self._stop_timeout = timeout
         self._call_soon(self._loop.stop)
-        self._thread.join(timeout + 1)
 
     # -- on the loop's thread ------------------------------------------------
 
