@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from . import stop_signals
 from .restart_pause import RestartPause
 
 __all__ = ["Supervisor"]
@@ -35,6 +36,13 @@ class Supervisor:
     The status of :meth:`wait` never hides a child killed by a signal: it is
     128 + the signal's number (as shells report it) for a child killed while
     the pool stops, or whose replacement had not started yet.
+
+    Each stop signal the parent receives reaches every child once, the
+    second one too (a cold shutdown): :meth:`forward` only notes it, and
+    :meth:`wait` passes it on between spawns, so a child being forked as
+    the signal arrives gets it as well. A child starts with the stop
+    signals held (:mod:`~flask_messaging.stop_signals`) and must release
+    them once its handlers are in place.
     """
 
     def __init__(
@@ -50,6 +58,11 @@ class Supervisor:
         self._pauses: dict[int, RestartPause] = {}
         self._codes: dict[int, int] = {}
         self._stopping = False
+        #: Stop signals received and not yet passed on, in order.
+        self._signals: list[int] = []
+        # Written to by forward() to end the wait for children at once.
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
 
     def start(self, processes: int) -> None:
         for slot in range(processes):
@@ -59,20 +72,42 @@ class Supervisor:
     def _spawn(self, slot: int) -> None:
         self._codes.pop(slot, None)  # the replaced child's; the new one's counts
         child = self._make(slot)
-        child.start()
+        with stop_signals.held_for_fork():
+            child.start()
         self._children[slot] = child
         self._started_at[slot] = time.monotonic()
 
     def forward(self, signum: int, frame: FrameType | None) -> None:
-        """Pass SIGTERM or SIGINT to every child; replace none from now on."""
+        """Signal handler: pass SIGTERM or SIGINT on to every child (in
+        :meth:`wait`); replace none from now on."""
         self._stopping = True
-        for child in list(self._children.values()):
-            if child.pid is not None and child.is_alive():
-                os.kill(child.pid, signum)
+        self._signals.append(signum)
+        if self._wake_write < 0:
+            return  # wait() has returned: no child left to pass it on to
+        try:
+            os.write(self._wake_write, b"\0")
+        except BlockingIOError:
+            pass  # a wake-up is already pending
+
+    def _pass_on_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            for child in list(self._children.values()):
+                if child.pid is not None and child.is_alive():
+                    os.kill(child.pid, signum)
 
     def wait(self) -> int:
         """Supervise until every slot has ended; return the highest status."""
+        try:
+            return self._supervise()
+        finally:
+            wake_write, self._wake_write = self._wake_write, -1
+            os.close(wake_write)
+            os.close(self._wake_read)
+
+    def _supervise(self) -> int:
         while self._children or self._due:
+            self._pass_on_signals()
             if self._stopping:
                 self._due.clear()
             timeout = 1.0
@@ -80,11 +115,10 @@ class Supervisor:
                 timeout = min(
                     timeout, max(0.0, min(self._due.values()) - time.monotonic())
                 )
-            sentinels = [child.sentinel for child in self._children.values()]
-            if sentinels:
-                multiprocessing.connection.wait(sentinels, timeout)
-            else:
-                time.sleep(timeout)
+            waited: list[int] = [self._wake_read]
+            waited += [child.sentinel for child in self._children.values()]
+            if self._wake_read in multiprocessing.connection.wait(waited, timeout):
+                os.read(self._wake_read, 512)
             for slot, child in list(self._children.items()):
                 if child.exitcode is None:
                     continue

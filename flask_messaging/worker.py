@@ -23,6 +23,7 @@ from typing import Any
 from flask import Flask
 from redis.exceptions import RedisError
 
+from . import stop_signals
 from ._rq.factory import make_worker
 from ._rq.threaded import ThreadedMessagingWorker
 from ._rq.workers import ForkingMessagingWorker, MessagingWorker, stop_was_asked
@@ -151,9 +152,11 @@ def _child(
 ) -> None:
     # Until RQ installs its own handlers, a stop asked for (or the parent's
     # death) ends the child cleanly; the parent's handler, inherited by a
-    # replacement, belongs to the parent.
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # replacement, belongs to the parent. The Supervisor forked this process
+    # with the stop signals held: one sent since is delivered now.
+    for sig in stop_signals.STOP_SIGNALS:
         signal.signal(sig, _exit_asked)
+    stop_signals.release()
     # An orphan would work on unsupervised, without the parent's relay.
     stop_with_parent(parent_pid)
     # A group of its own: what it leaves running if it dies is stopped with

@@ -179,8 +179,14 @@ OVERRIDES: dict[tuple[type, type], dict[str, str]] = {
         "dequeue_job_and_maintain_ttl": "a stop is seen within a second",
     },
     (CheckedScheduler, RQScheduler): {
-        "start": "the scheduler knows its worker's process (job_faults.py)",
-        "work": "a scheduler ends with its worker (job_faults.py)",
+        "start": (
+            "the scheduler knows its worker's process, and is forked with"
+            " the stop signals held (job_faults.py)"
+        ),
+        "work": (
+            "a scheduler ends with its worker, and gets a stop sent as it was"
+            " forked (job_faults.py)"
+        ),
         "enqueue_scheduled_jobs": (
             "due jobs are read with our job class, one by one; one that cannot"
             " be read is failed (job_faults.py)"
@@ -725,6 +731,10 @@ LIVE_ATTRIBUTES = {
         ("_acquired_locks", "CheckedScheduler.enqueue_scheduled_jobs"),
         ("acquired_locks", "JobFaultsMixin._start_scheduler"),
         ("Status", "CheckedScheduler sets WORKING, then STARTED"),
+        (
+            "_install_signal_handlers",
+            "CheckedScheduler.work, before the held stop signals",
+        ),
     ],
     "job": [
         ("_success_callback_name", "MessagingJob.func refuses callbacks"),

@@ -27,6 +27,7 @@ from rq.scheduler import RQScheduler
 from rq.utils import as_text, current_timestamp, now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
+from .. import stop_signals
 from ..errors import LOST_REDIS
 from ..parent_death import stop_with_parent
 from .dequeue import MessagingQueue
@@ -330,13 +331,21 @@ class CheckedScheduler(RQScheduler):
 
     def start(self) -> Any:
         self._worker_pid = os.getpid()
-        return super().start()  # type: ignore[no-untyped-call]
+        # The worker's SIGTERM to a process just forked would be lost, and
+        # the worker join it for ever (see stop_signals): held until work().
+        with stop_signals.held_for_fork():
+            return super().start()  # type: ignore[no-untyped-call]
 
     def work(self) -> None:
-        # Forked by start(): a scheduler outliving its worker (kill -9, the
-        # OOM killer) would renew its locks for ever and keep every other
-        # worker from taking scheduling over.
         if self._worker_pid is not None and self._worker_pid != os.getpid():
+            # Forked by start(): its own handlers first, then the stop
+            # signals held since the fork (the worker's handlers, inherited,
+            # must not run here).
+            self._install_signal_handlers()  # type: ignore[no-untyped-call]
+            stop_signals.release()
+            # A scheduler outliving its worker (kill -9, the OOM killer)
+            # would renew its locks for ever and keep every other worker
+            # from taking scheduling over.
             stop_with_parent(self._worker_pid)
         super().work()  # type: ignore[no-untyped-call]
 
