@@ -194,6 +194,11 @@ class Sender:
                 ", ".join(m for m, _ in messages),
             )
 
+    @property
+    def handed(self) -> int:
+        """How many commits were handed over to this sender so far."""
+        return self._handed
+
     def wait(self, timeout: float | None = None) -> int:
         """Wait until every commit handed over before this call is sent.
 

@@ -80,6 +80,12 @@ class CommitSender(Protocol):
     @property
     def pid(self) -> int: ...
 
+    #: How many commits were handed over to it so far.
+    @property
+    def handed(self) -> int: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
     def close(self, timeout: float | None = None) -> int: ...
 
 
@@ -196,17 +202,7 @@ class MessagingState:
             a new embedded worker): jobs not run yet are dropped with the
             old one.
         """
-        sender, self.sender = self.sender, None
-        if sender is not None and sender.pid == os.getpid():
-            left = sender.close(timeout)
-            if left:
-                logger.warning(
-                    "Messaging closed with %d committed message(s) not enqueued"
-                    " after %g s (Redis slow or unreachable?): a relay enqueues"
-                    " them from the outbox after MESSAGING_RELAY_DELAY.",
-                    left,
-                    timeout,
-                )
+        self.close_sender(timeout)
         if self.embedded_worker is not None:
             self.embedded_worker.stop(timeout)
             # The next job starts another, on the new client's server.
@@ -214,6 +210,28 @@ class MessagingState:
         client = self.__dict__.pop("redis", None)
         if client is not None:
             client.connection_pool.disconnect()
+
+    def close_sender(self, timeout: float) -> None:
+        """Let this process's sender write what it holds, then stop it.
+
+        For a process that ends without Python's exit hooks (a work horse
+        ends with ``os._exit``), and for :meth:`close`. The next commit makes
+        a new sender.
+
+        :param timeout: seconds to wait; for each message still unsent then,
+            a warning is logged and its outbox row is left to the relay.
+        """
+        sender, self.sender = self.sender, None
+        if sender is not None and sender.pid == os.getpid():
+            left = sender.close(timeout)
+            if left:
+                logger.warning(
+                    "%d committed message(s) not enqueued after %g s (Redis"
+                    " slow or unreachable?): a relay enqueues them from the"
+                    " outbox after MESSAGING_RELAY_DELAY.",
+                    left,
+                    timeout,
+                )
 
     def reset_after_fork(self, *connections: Redis) -> None:
         """Make a forked process open database and Redis connections of its own.

@@ -1,19 +1,43 @@
-"""A forked process's own connections: every bind's pool, the Redis pool.
+"""A forked process's own connections and sender.
 
-Real forks of real workers are in ``tests/reliability/test_forks.py``.
+Every bind's pool and the Redis pool are its own; the events a work horse's
+handler commits are enqueued before it exits. Real forks of real workers
+under faults are in ``tests/reliability/test_forks.py``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
+from flask_messaging import get_message_broker
 from flask_messaging.state import get_state
+
+from . import chain_app
+from .conftest import flask_messaging_command
+from .worker_app import handled
+
+
+@contextmanager
+def patched_environ(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def test_reset_after_fork_gives_every_bind_and_redis_a_new_pool_and_closes_nothing(
@@ -48,3 +72,34 @@ def test_reset_after_fork_gives_every_bind_and_redis_a_new_pool_and_closes_nothi
     assert redis_connection._sock is not None  # the parent's, left open
     assert redis.ping()
     redis_connection.disconnect()
+
+
+@pytest.mark.parametrize(
+    "how", [["--fork"], ["--threads", "1"], ["--threads", "4"]], ids=" ".join
+)
+def test_the_events_a_handler_commits_are_handled_within_the_burst(
+    tmp_path: Path, real_redis_url: str, how: list[str]
+) -> None:
+    # The sender writes the second event's job just after the handler's
+    # commit: a work horse ended with os._exit, past the exit hook that
+    # flushes it, and a burst found the queues empty before it wrote; the
+    # second event waited for the relay (an hour here).
+    env = {
+        "MESSAGING_REDIS_URL": real_redis_url,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'chain.db'}",
+    }
+    with patched_environ(env):
+        app = chain_app.create_app()
+    with app.app_context():
+        get_message_broker().publish(chain_app.First(1))
+    args = ["worker", "--burst", "--no-relay", *how]
+    process = flask_messaging_command(
+        "tests.chain_app:create_app",
+        *args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert [e["n"] for e in handled(get_state(app).redis)] == [1], output

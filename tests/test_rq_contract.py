@@ -113,6 +113,10 @@ OVERRIDES: dict[tuple[type, type], dict[str, str]] = {
             "a stop asked for is kept as a flag, should RQ's exception be"
             " lost (workers.py)"
         ),
+        "_shutdown": (
+            "a stop between a take and the start of the jobs taken waits for"
+            " their start (workers.py)"
+        ),
         "bootstrap": "a worker logs the subscribers it serves (workers.py)",
         "request_force_stop": (
             "a cold shutdown is told from a handler's own SystemExit (workers.py)"
@@ -158,6 +162,10 @@ OVERRIDES: dict[tuple[type, type], dict[str, str]] = {
         ),
     },
     (ThreadedMessagingWorker, BaseWorker): {
+        "handle_payload": (
+            "RQ's stop-job command stops the job named, whichever thread"
+            " runs it (threaded.py)"
+        ),
         "bootstrap": "executors, recorder, watchdog and event loop start (threaded.py)",
         "work": "max_jobs counts every job taken (threaded.py)",
         "dequeue_job_and_maintain_ttl": (
@@ -170,6 +178,10 @@ OVERRIDES: dict[tuple[type, type], dict[str, str]] = {
     },
     (ForkingMessagingWorker, Worker): {
         "main_work_horse": "each work horse opens its own connections (workers.py)",
+        "perform_job": (
+            "a work horse writes the jobs of the events its handler committed"
+            " before RQ's os._exit (workers.py)"
+        ),
     },
     (ThreadWorker, BaseWorker): {
         "death_penalty_class": "job timeouts without signals (workers.py)",
@@ -493,6 +505,9 @@ USES = [
     (BaseWorker.set_state, "writes", "_state"),
     (BaseWorker.request_stop, "writes", "_shutdown_requested_date"),
     (BaseWorker._shutdown, "writes", "_stop_requested"),
+    (BaseWorker._shutdown, "reads", "StopRequested"),
+    (BaseWorker.request_stop, "calls", "_shutdown"),
+    (BaseWorker.dequeue_job_and_maintain_ttl, "calls", "dequeue_any"),
     (rq_scheduler.run, "calls", "work"),
     (RQScheduler.start, "writes", "_process"),
     (RQScheduler.work, "calls", "enqueue_scheduled_jobs"),

@@ -19,6 +19,7 @@ import pytest
 from flask import Flask, current_app, g
 from redis import Redis
 from rq import Queue
+from rq.command import send_stop_job_command
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 
 from flask_messaging import Message, Messaging
@@ -123,8 +124,26 @@ async def on_gather(event: Gather) -> None:
         raise RuntimeError(f"gather {event.n} failed")
 
 
+@dataclass(frozen=True)
+class Linger(Message, name="tests.threads.linger"):
+    seconds: float
+    asynchronous: bool = False
+
+
+def on_linger(event: Linger) -> Any:
+    note("linger", "start")
+    if event.asynchronous:
+        return asyncio.sleep(event.seconds)  # a coroutine, as async def's
+    deadline = time.monotonic() + event.seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    note("linger", "end")
+    return None
+
+
 def app_with(make_app: Callable[..., Flask], **config: Any) -> Flask:
     messaging = Messaging()
+    messaging.subscribe_async(queue_name=QUEUE, timeout=60, retry=1)(on_linger)
     messaging.subscribe_async(queue_name=QUEUE, timeout=1)(on_gather)
     messaging.subscribe_async(queue_name=QUEUE)(on_meet)
     messaging.subscribe_async(queue_name=QUEUE, timeout=1)(on_stall)
@@ -379,3 +398,41 @@ def test_a_shutdown_does_not_wait_for_a_handler_written_off_meanwhile(
         t.name.startswith("flask-messaging-executor") and t.is_alive()
         for t in threading.enumerate()
     )
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_rqs_stop_job_command_stops_the_job_named_while_the_others_go_on(
+    make_app: Callable[..., Flask], asynchronous: bool
+) -> None:
+    app = app_with(make_app)
+    redis: Redis = get_state(app).redis
+    reset(barrier=threading.Barrier(3))
+    publish(app, Linger(30, asynchronous), *(Meet(n) for n in range(6)))
+    started = Queue(QUEUE, connection=redis).started_job_registry
+
+    def stop_the_lingering_job() -> None:
+        deadline = time.monotonic() + 30
+        while "linger" not in seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for job_id in started.get_job_ids(cleanup=False):
+            job = MessagingJob.fetch(
+                job_id, connection=redis, serializer=JSONSerializer
+            )
+            if "linger" in str(job.kwargs) or "linger" in str(job.args):
+                send_stop_job_command(redis, job_id, serializer=JSONSerializer)
+                seen["stopped"] = job_id
+
+    stopper = threading.Thread(target=stop_the_lingering_job)
+    stopper.start()
+    started_at = time.monotonic()
+    burst(app, threads=4)
+    stopper.join()
+    assert time.monotonic() - started_at < 25  # not the 30 s it lingers
+    counts = registries(app)
+    assert (counts["finished"], counts["failed"], counts["started"]) == (6, 1, 0)
+    stopped = MessagingJob.fetch(
+        seen["stopped"], connection=redis, serializer=JSONSerializer
+    )
+    # RQ's mark of a job stopped on request: not retried (retry=1).
+    assert stopped.get_status() == "stopped"
+    assert seen["linger"] == ["start"]

@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from rq import Queue
 from rq.exceptions import DequeueTimeout
@@ -39,7 +40,14 @@ if TYPE_CHECKING:
     from rq.serializers import Serializer
     from rq.timeouts import BaseDeathPenalty
 
-__all__ = ["WAKE_POLL", "MessagingQueue", "Taken", "wake_key"]
+__all__ = [
+    "WAKE_POLL",
+    "MessagingQueue",
+    "Taken",
+    "Taker",
+    "current_taker",
+    "wake_key",
+]
 
 #: Longest wait, in seconds, for a job pushed without a wake token.
 WAKE_POLL = 1
@@ -54,6 +62,31 @@ _NO_BOUND = 2**53
 def wake_key(queue_name: str) -> str:
     """The list an idle worker of ``queue_name`` blocks on."""
     return WAKE_PREFIX + queue_name
+
+
+class Taker(Protocol):
+    """The worker waiting in :meth:`MessagingQueue.dequeue_any`, told of each take.
+
+    From a take's start to the start of the jobs it brings, those jobs are
+    on the intermediate list only: a stop raised into the worker then
+    (RQ raises ``StopRequested`` out of its signal handler whenever the
+    worker is not busy) would leave them there until RQ's clean-up fails
+    them, minutes later. The worker defers a stop in that span.
+    """
+
+    def taking(self) -> None:
+        """A take is about to run: jobs may be in hand from now on."""
+
+    def took_none(self) -> None:
+        """The take brought no job: none is in hand.
+
+        :raises rq.exceptions.StopRequested: a stop was asked meanwhile.
+        """
+
+
+#: The worker waiting for a job in this context (RQ calls ``dequeue_any``
+#: with no reference to it); set by the worker around RQ's dequeue.
+current_taker: ContextVar[Taker | None] = ContextVar("current_taker", default=None)
 
 
 # KEYS: per queue, in priority order: the queue, its intermediate list, its
@@ -184,7 +217,10 @@ class MessagingQueue(Queue):
         """
         queues = list(queues)
         deadline = None if timeout is None else time.monotonic() + timeout
+        taker = current_taker.get()
         while True:
+            if taker is not None:
+                taker.taking()
             taken = cls.take(
                 queues, 1, connection, job_class, serializer, death_penalty_class
             )
@@ -193,6 +229,8 @@ class MessagingQueue(Queue):
                 if isinstance(job, Exception):
                     raise job
                 return job, queue
+            if taker is not None:
+                taker.took_none()
             if taken.popped:
                 continue  # an id that named no job: look again
             if deadline is None:

@@ -78,6 +78,9 @@ class Running:
     #: How it ended is decided, and recorded once, by whoever decided: its
     #: thread, the event loop, or the watchdog that wrote it off.
     claimed: bool = False
+    #: Stopped on request (RQ's ``send_stop_job_command``): recorded as
+    #: STOPPED, not retried.
+    stopped: bool = False
     #: When its execution was last kept alive (``time.monotonic()``).
     extended_at: float = field(default_factory=time.monotonic)
 
@@ -205,11 +208,15 @@ def record_failure(worker: BaseWorker, r: Running, exc_info: ExcInfo) -> None:
     """Record ``r``'s job as failed by ``exc_info``: retried or failed, per policy.
 
     Through RQ's ``handle_exception`` (logs, exception handlers) and
-    ``handle_job_failure`` (retry or failed registry). One caller at a time:
-    rq 2 reads the execution from the worker.
+    ``handle_job_failure`` (retry or failed registry; STOPPED for a job
+    stopped on request). One caller at a time: rq 2 reads the execution
+    from the worker, and both read the stopped job from it.
     """
     job = r.job
     job.ended_at = job.ended_at or now()
+    if r.stopped:
+        # RQ's mark of a job stopped on request: STOPPED, never retried.
+        worker._stopped_job_id = job.id
     worker.handle_exception(job, *exc_info)
     exc_string = "".join(traceback.format_exception(*exc_info))
     if FAILURE_TAKES_EXECUTION:

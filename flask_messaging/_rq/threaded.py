@@ -21,7 +21,9 @@ in hand, each with its own execution in the started registry:
 
 A warm shutdown (SIGTERM, Ctrl+C) stops taking jobs and lets those in hand
 finish; a second signal stops at once, and the jobs in hand are failed (and
-retried, per policy) before the process exits.
+retried, per policy) before the process exits. RQ's
+``send_stop_job_command`` stops the job it names, whichever thread runs
+it: STOPPED, not retried.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from functools import partial
 from typing import Any
 
 from rq import timeouts
+from rq.command import parse_payload
 from rq.job import Job
 from rq.queue import Queue
 from rq.utils import now
@@ -186,6 +189,37 @@ class ThreadedMessagingWorker(MessagingWorker):
         for running in started:
             self._todo.put(running)
 
+    def handle_payload(self, message: Any) -> None:
+        # RQ stops "the" current job by killing a work horse; here several
+        # jobs run, in threads: find the one named (on the pub/sub thread).
+        payload = parse_payload(message)
+        if payload.get("command") in ("stop-job", "stop-execution"):
+            self._stop_job(payload.get("job_id"), payload.get("execution_id"))
+        else:
+            super().handle_payload(message)  # type: ignore[no-untyped-call]
+
+    def _stop_job(self, job_id: str | None, execution_id: str | None) -> None:
+        """Fail the job in hand named, as STOPPED (see :meth:`_write_off`)."""
+        with self._lock:
+            found = [
+                r
+                for r in self._in_hand.values()
+                if r.job.id == job_id
+                and execution_id in (None, r.execution.id)
+                and not r.claimed
+            ]
+        if not found:
+            logger.warning(
+                "Worker %s is not running job %s: stop command ignored.",
+                self.name,
+                job_id,
+            )
+            return
+        for running in found:
+            running.stopped = True
+            self._write_off(running, _error(RuntimeError("stopped on request")))
+        logger.info("Job %s stopped on request.", job_id)
+
     def _take_more(self) -> list[tuple[Job, Queue]]:
         """Take a job for each executor free now (a slot each), in one round trip."""
         wanted = self.threads - 1
@@ -322,7 +356,9 @@ class ThreadedMessagingWorker(MessagingWorker):
         result = None
         with self._lock:
             if running.claimed:
-                return None  # failed by a cold shutdown before it ran
+                # Failed before it ran (a cold shutdown, a stop command).
+                self._free.release()
+                return None
             running.thread = me
         try:
             assert self._handler_loop is not None
@@ -339,7 +375,10 @@ class ThreadedMessagingWorker(MessagingWorker):
                 running.thread = None
                 written_off = running.claimed
                 if not written_off:
-                    running.claimed = not isinstance(result, concurrent.futures.Future)
+                    if isinstance(result, concurrent.futures.Future):
+                        running.future = result  # for _write_off from now on
+                    else:
+                        running.claimed = True
         if written_off:
             if isinstance(result, concurrent.futures.Future):
                 result.cancel()
@@ -347,7 +386,6 @@ class ThreadedMessagingWorker(MessagingWorker):
         if isinstance(result, concurrent.futures.Future):
             # Its end comes from the loop; this thread takes the next job.
             job._result = None
-            running.future = result
             result.add_done_callback(partial(self._coroutine_ended, running))
             self._free.release()
             return None
@@ -437,8 +475,19 @@ class ThreadedMessagingWorker(MessagingWorker):
                     continue
                 if running.future is None:
                     self._write_off(running, _timed_out(running))
-                elif moment > deadline + ASYNC_GRACE:
-                    self._write_off_coroutine(running)
+                elif moment > deadline + ASYNC_GRACE and not running.claimed:
+                    # The loop's own timeout cancels a coroutine at its
+                    # deadline: the loop is blocked (a synchronous call in
+                    # some coroutine) or the handler swallowed its
+                    # cancellation.
+                    logger.error(
+                        "Job %s's async def handler ran past its timeout"
+                        " without being cancelled: the event loop is blocked"
+                        " (a synchronous call in a coroutine?) or the handler"
+                        " swallows CancelledError. Failed.",
+                        running.job.id,
+                    )
+                    self._write_off(running, _timed_out(running))
             stale = [
                 r
                 for r in in_hand
@@ -456,17 +505,23 @@ class ThreadedMessagingWorker(MessagingWorker):
         (``JobTimeoutException``) raised in it at its next Python
         instruction, and a new executor takes its place, so the other jobs
         go on. A handler blocked in C code runs on unseen; its thread ends
-        when it returns.
+        when it returns. An ``async def`` handler on the event loop is
+        cancelled; a job no executor has taken yet never runs.
         """
         with self._lock:
-            if running.claimed or running.thread is None:
+            if running.claimed:
                 return
             running.claimed = True
             thread = running.thread
-            self._executors.discard(thread)
-            self._stuck.add(thread)
+            if thread is not None:
+                self._executors.discard(thread)
+                self._stuck.add(thread)
             stuck = len(self._stuck)
         self._ended.put((running, exc_info))
+        if thread is None:
+            if running.future is not None:
+                running.future.cancel()
+            return
         if thread.ident is not None:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
                 ctypes.c_ulong(thread.ident), ctypes.py_object(JobTimeoutException)
@@ -481,46 +536,16 @@ class ThreadedMessagingWorker(MessagingWorker):
                 self.name,
             )
 
-    def _write_off_coroutine(self, running: Running) -> None:
-        """Fail an ``async def`` handler the event loop did not time out.
-
-        The loop's own timeout cancels a coroutine at its deadline; past
-        :data:`ASYNC_GRACE` more, the loop is blocked (a synchronous call in
-        some coroutine) or the handler swallowed its cancellation: the job
-        is failed per its policy, and its coroutine cancelled again.
-        """
-        with self._lock:
-            if running.claimed:
-                return
-            running.claimed = True
-        self._ended.put((running, _timed_out(running)))
-        if running.future is not None:
-            running.future.cancel()
-        logger.error(
-            "Job %s's async def handler ran past its timeout without being"
-            " cancelled: the event loop is blocked (a synchronous call in a"
-            " coroutine?) or the handler swallows CancelledError. Failed.",
-            running.job.id,
-        )
-
     def _write_off_all(self, why: str) -> None:
         """Fail every job in hand now, per its retry policy (a cold shutdown)."""
         with self._lock:
             in_hand = list(self._in_hand.values())
         for running in in_hand:
-            if running.thread is None:
-                # Not running yet (it never will in this process), or an
-                # async def handler on the loop (cancelled below). A job
-                # whose handler has returned is claimed already: its end
-                # waits for the recorder (long, when Redis is slow), which
-                # would otherwise record it finished, then failed and retried.
-                with self._lock:
-                    if running.claimed:
-                        continue
-                    running.claimed = True
-                self._ended.put((running, _error(RuntimeError(why))))
-            else:
-                self._write_off(running, _error(RuntimeError(why)))
+            # A job whose handler has returned is claimed already, and
+            # skipped: its end waits for the recorder (long, when Redis is
+            # slow), which would otherwise record it finished, then failed
+            # and retried.
+            self._write_off(running, _error(RuntimeError(why)))
         if self._handler_loop is not None:
             self._handler_loop.close(timeout=0)  # cancels the coroutines
         self._stop_threads(COLD_RECORD_WAIT)

@@ -9,6 +9,7 @@ RQ's ``Worker`` overridden here is named in ``tests/test_rq_contract.py``.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -24,10 +25,11 @@ from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now
-from rq.worker import BaseWorker
+from rq.worker import BaseWorker, WorkerStatus
 
 from ..state import MessagingState, get_state
 from . import lifecycle
+from .dequeue import current_taker
 from .job_faults import CheckedScheduler, JobFaultsMixin, describe, fail_job
 from .objects import RQObjects
 from .redis_entries import is_wrong_type, key_type
@@ -42,6 +44,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("flask_messaging")
+
+#: Seconds a burst that found the queues empty waits for the jobs of events
+#: its handlers committed (the sender writes them just after each commit).
+BURST_SEND_TIMEOUT = 10.0
 
 
 class _MessagingWorkerMixin:
@@ -72,6 +78,12 @@ class _MessagingWorkerMixin:
         self._suspension_checked_at: float | None = None
         #: A cold shutdown was asked for (a second signal).
         self._cold = False
+        #: From a take's start until the worker turns busy: jobs taken may
+        #: be in hand, and a stop must not be raised here (see _shutdown).
+        self._holding = False
+        #: The sender and its count of commits when a burst last found the
+        #: queues empty (see _sender_sent_more).
+        self._sender_seen: tuple[int, int] | None = None
         super().__init__(*args, **kwargs)
 
     def request_stop(self, signum: Any, frame: Any) -> None:
@@ -82,6 +94,26 @@ class _MessagingWorkerMixin:
         # its next turn (heartbeat, below).
         self._stop_requested = True
         super().request_stop(signum, frame)  # type: ignore[misc]
+
+    def _shutdown(self) -> None:
+        # RQ raises StopRequested here whenever the worker is not busy,
+        # wherever it is: between a take and the start of the jobs it took
+        # (the take's reply on its way, say), those jobs would stay on the
+        # intermediate list until RQ's clean-up failed them, minutes later.
+        # There, the stop waits: the jobs in hand start and finish (a warm
+        # shutdown), then the loop ends; a take that found nothing raises
+        # it (took_none).
+        if self._holding and self.get_state() != WorkerStatus.BUSY:  # type: ignore[attr-defined]
+            return  # request_stop set _stop_requested
+        super()._shutdown()  # type: ignore[misc]
+
+    def taking(self) -> None:
+        self._holding = True
+
+    def took_none(self) -> None:
+        self._holding = False
+        if self._stop_requested:
+            raise StopRequested()
 
     def request_force_stop(self, signum: Any, frame: Any) -> None:
         # RQ raises SystemExit here, where the worker happens to be: a job
@@ -109,7 +141,7 @@ class _MessagingWorkerMixin:
             logger.warning("Could not ask Redis whether workers are suspended.")
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        if self._waiting_for_job and self._stop_requested:
+        if self._waiting_for_job and self._stop_requested and not self._holding:
             raise StopRequested()
         if pipeline is None:
             self._keep_scheduling()
@@ -158,6 +190,8 @@ class _MessagingWorkerMixin:
             pipe.execute()
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
+        if state == WorkerStatus.BUSY:
+            self._holding = False  # the jobs taken are started: RQ defers a stop
         # RQ sets "idle" at each dequeue, whether or not it already is.
         if pipeline is None and state == self._state:  # type: ignore[attr-defined]
             return
@@ -271,10 +305,14 @@ class _MessagingWorkerMixin:
         # hash it cannot parse: fail that job instead, and take the next.
         while True:
             self._waiting_for_job = True
+            told = current_taker.set(self)
             try:
-                return super().dequeue_job_and_maintain_ttl(  # type: ignore[misc,no-any-return]
+                result = super().dequeue_job_and_maintain_ttl(  # type: ignore[misc]
                     timeout, max_idle_time
                 )
+                if result is None and timeout is None and self._sender_sent_more():
+                    continue  # a burst: look again for the jobs just written
+                return result  # type: ignore[no-any-return]
             except Exception as exc:
                 job_id = getattr(exc, "job_id", None)
                 queue = getattr(exc, "queue", None)
@@ -282,7 +320,26 @@ class _MessagingWorkerMixin:
                     raise
                 self._fail_unreadable(job_id, queue, exc)
             finally:
+                current_taker.reset(told)
                 self._waiting_for_job = False
+
+    def _sender_sent_more(self) -> bool:
+        """Wait for the jobs of events this process's handlers committed.
+
+        The sender writes them just after each commit: a burst that found
+        the queues empty meanwhile would end before them. True if commits
+        were handed to the sender since the burst last found the queues
+        empty (so it looks again).
+        """
+        sender = get_state(self.app).sender
+        if sender is None or sender.pid != os.getpid():
+            return False
+        seen = (id(sender), sender.handed)
+        if seen == self._sender_seen:
+            return False
+        self._sender_seen = seen
+        sender.wait(BURST_SEND_TIMEOUT)
+        return True
 
     def _keep_scheduling(self) -> None:
         """Run RQ's scheduler here if no live worker does (see :mod:`.scheduling`).
@@ -371,9 +428,22 @@ class ForkingMessagingWorker(_MessagingWorkerMixin, JobFaultsMixin, Worker):
     (:meth:`~flask_messaging.state.MessagingState.reset_after_fork`).
     """
 
+    #: Seconds a work horse waits, once its job is done, for the jobs of
+    #: the events its handler committed to be written (the rest are relayed).
+    HORSE_SEND_TIMEOUT = 5.0
+
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         get_state(self.app).reset_after_fork(self.connection)
         super().main_work_horse(job, queue)
+
+    def perform_job(self, *args: Any, **kwargs: Any) -> Any:
+        # Run in the work horse, which RQ ends with os._exit, past the exit
+        # hook that flushes the sender: events its handler committed would
+        # wait for the relay (MESSAGING_RELAY_DELAY) instead.
+        try:
+            return super().perform_job(*args, **kwargs)
+        finally:
+            get_state(self.app).close_sender(self.HORSE_SEND_TIMEOUT)
 
 
 class ThreadWorker(MessagingWorker):
