@@ -49,6 +49,7 @@ DEFAULTS: Mapping[str, Any] = {
     "MESSAGING_MAX_MESSAGE_BYTES": 1024 * 1024,
     "MESSAGING_EMBEDDED_WORKER": True,
     "MESSAGING_WORKER_THREADS": 1,
+    "MESSAGING_WORKER_ASYNC_LIMIT": 100,
     "MESSAGING_SIGNING_KEY": None,
     "MESSAGING_SIGNING_FALLBACK_KEYS": None,
     "MESSAGING_OUTBOX": True,
@@ -99,6 +100,8 @@ class Settings:
     embedded_worker: bool
     #: Jobs a ``flask messaging worker`` process runs at once (``--threads``).
     worker_threads: int = 1
+    #: ``async def`` handlers a threaded worker process runs at once.
+    worker_async_limit: int = 100
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -119,6 +122,9 @@ class Settings:
             ),
             embedded_worker=_boolean(config, "MESSAGING_EMBEDDED_WORKER"),
             worker_threads=_count(config, "MESSAGING_WORKER_THREADS", minimum=1),
+            worker_async_limit=_count(
+                config, "MESSAGING_WORKER_ASYNC_LIMIT", minimum=1
+            ),
             outbox=OutboxSettings(
                 enabled=_boolean(config, "MESSAGING_OUTBOX"),
                 table=_string(config, "MESSAGING_OUTBOX_TABLE"),

@@ -109,6 +109,17 @@ async def on_gather(event: Gather) -> None:
     # them is in flight, far more than there are threads.
     if "all_in" not in seen:
         seen["all_in"] = asyncio.Event()
+    with seen["lock"]:
+        seen["in_flight"] = seen.get("in_flight", 0) + 1
+        seen["most"] = max(seen.get("most", 0), seen["in_flight"])
+    try:
+        await gather(event)
+    finally:
+        with seen["lock"]:
+            seen["in_flight"] -= 1
+
+
+async def gather(event: Gather) -> None:
     note("gathered", event.n)
     note("gather_contexts", id(g._get_current_object()))
     if len(seen["gathered"]) == seen["expected"]:
@@ -307,6 +318,20 @@ def test_fork_and_threads_are_refused_together(make_app: Callable[..., Flask]) -
 def test_worker_threads_is_validated(make_app: Callable[..., Flask]) -> None:
     with pytest.raises(ValueError, match="MESSAGING_WORKER_THREADS"):
         make_app(MESSAGING_WORKER_THREADS=0)
+    with pytest.raises(ValueError, match="MESSAGING_WORKER_ASYNC_LIMIT"):
+        make_app(MESSAGING_WORKER_ASYNC_LIMIT=0)
+
+
+def test_async_handlers_in_flight_stay_within_the_async_limit(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = app_with(make_app, MESSAGING_WORKER_ASYNC_LIMIT=3)
+    reset(expected=1)  # none waits for the others
+    publish(app, *(Gather(n, seconds=0.3) for n in range(8)))
+    worker = burst(app, threads=2)
+    assert worker.async_limit == 3
+    assert registries(app)["finished"] == 8
+    assert seen["most"] == 3  # 8 with the default limit: the threads are free
 
 
 def test_async_handlers_run_many_at_once_beside_the_threads(

@@ -57,6 +57,7 @@ def make_worker(
     elif threads > 1:
         cls = ThreadedMessagingWorker
         kwargs["threads"] = threads
+        kwargs.setdefault("async_limit", state.settings.worker_async_limit)
     else:
         cls = ForkingMessagingWorker if fork else MessagingWorker
     worker = cls(
