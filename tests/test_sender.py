@@ -312,7 +312,7 @@ def test_closing_the_state_gives_up_after_its_timeout_with_a_warning(
         sign_up(0)
         with caplog.at_level(logging.WARNING, "flask_messaging"):
             get_state().close(timeout=0.1)
-    assert "closed with 1 committed message(s) not enqueued" in caplog.text
+    assert "1 committed message(s) not enqueued after 0.1 s" in caplog.text
     # close() went on to drop the Redis client, cutting the sender's call:
     # the row is the relay's (unless Redis ran the script before it knew).
     wait_for_sent()
