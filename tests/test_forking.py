@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,20 +23,6 @@ from flask_messaging.state import get_state
 from . import chain_app
 from .conftest import flask_messaging_command
 from .worker_app import handled
-
-
-@contextmanager
-def patched_environ(values: dict[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_reset_after_fork_gives_every_bind_and_redis_a_new_pool_and_closes_nothing(
@@ -78,7 +63,10 @@ def test_reset_after_fork_gives_every_bind_and_redis_a_new_pool_and_closes_nothi
     "how", [["--fork"], ["--threads", "1"], ["--threads", "4"]], ids=" ".join
 )
 def test_the_events_a_handler_commits_are_handled_within_the_burst(
-    tmp_path: Path, real_redis_url: str, how: list[str]
+    tmp_path: Path,
+    real_redis_url: str,
+    how: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The sender writes the second event's job just after the handler's
     # commit: a work horse ended with os._exit, past the exit hook that
@@ -88,8 +76,9 @@ def test_the_events_a_handler_commits_are_handled_within_the_burst(
         "MESSAGING_REDIS_URL": real_redis_url,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'chain.db'}",
     }
-    with patched_environ(env):
-        app = chain_app.create_app()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)  # chain_app reads them
+    app = chain_app.create_app()
     with app.app_context():
         get_message_broker().publish(chain_app.First(1))
     args = ["worker", "--burst", "--no-relay", *how]
