@@ -187,18 +187,31 @@ def _work(
     pauses = RestartPause()
     while True:
         started = time.monotonic()
+        worker: MessagingWorker | ForkingMessagingWorker | None = None
+        if threading.current_thread() is threading.main_thread():
+            # Until the new worker installs its own: the last one's handlers
+            # would raise its StopRequested here, out of this loop.
+            for sig in stop_signals.STOP_SIGNALS:
+                signal.signal(sig, _exit_asked)
         try:
             # Made inside: RQ's worker talks to Redis as it is made, and a
             # Redis still down must pause and retry, not end the process.
-            worker: MessagingWorker | ForkingMessagingWorker = make_worker(
-                app, queues, fork=fork, threads=threads
-            )
+            worker = make_worker(app, queues, fork=fork, threads=threads)
             worker.work(**work_kwargs)
         except (RedisError, OSError):
             if work_kwargs["burst"]:
                 raise
+            if worker is not None and stop_was_asked(worker):
+                # Asked to stop, it could not deregister (RQ's teardown
+                # writes to Redis): its record expires with its heartbeat.
+                logger.warning(
+                    "The worker stopped as asked, without Redis to record it.",
+                    exc_info=True,
+                )
+                return
             logger.warning("The worker lost Redis.", exc_info=True)
         else:
+            assert worker is not None
             if (
                 stop_was_asked(worker)
                 or work_kwargs["burst"]

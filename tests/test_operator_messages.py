@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +97,24 @@ def test_a_worker_registers_again_after_a_redis_restart(
     wait_until(lambda: handled(redis), "the worker to handle a message")
     redis.close()
     get_state(app).redis.close()
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_a_worker_asked_to_stop_while_redis_is_down_stops(
+    private_redis: RedisServer,
+    worker_process: Callable[..., subprocess.Popen[str]],
+    threads: str,
+) -> None:
+    # RQ's teardown fails on the lost Redis: the stop was taken for the
+    # loop giving up, and a new worker made, which ran on once Redis was back.
+    process = worker_process(private_redis.url, "--threads", threads)
+    redis = Redis.from_url(private_redis.url)
+    wait_until(lambda: registered_workers(redis), "the worker to register")
+    redis.close()
+    private_redis.stop()
+    time.sleep(2)  # the worker meets the lost Redis
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
 
 
 @pytest.mark.parametrize("key", [None, ""], ids=["none", "empty"])

@@ -126,6 +126,11 @@ OVERRIDES: dict[tuple[type, type], dict[str, str]] = {
             " (workers.py)"
         ),
         "unsubscribe": "an exit does not wait a second for pub/sub (workers.py)",
+        "handle_payload": (
+            "a message that is not a command is logged, not left to end the"
+            " listening thread; stop-job is carried out per kind of worker"
+            " (workers.py, threaded.py)"
+        ),
         "set_state": (
             "a state the worker has is not written again; a worker key of"
             " another type is replaced (workers.py)"
@@ -162,10 +167,6 @@ OVERRIDES: dict[tuple[type, type], dict[str, str]] = {
         ),
     },
     (ThreadedMessagingWorker, BaseWorker): {
-        "handle_payload": (
-            "RQ's stop-job command stops the job named, whichever thread"
-            " runs it (threaded.py)"
-        ),
         "bootstrap": "executors, recorder, watchdog and event loop start (threaded.py)",
         "work": "max_jobs counts every job taken (threaded.py)",
         "dequeue_job_and_maintain_ttl": (

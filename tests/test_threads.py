@@ -8,6 +8,7 @@ finish if they run at the same time), never with timings.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import threading
 import time
@@ -444,6 +445,11 @@ def test_rqs_stop_job_command_stops_the_job_named_while_the_others_go_on(
                 job_id, connection=redis, serializer=JSONSerializer
             )
             if "linger" in str(job.kwargs) or "linger" in str(job.args):
+                # Anyone who can write to Redis may publish on the worker's
+                # channel: what is not a command is logged and ignored.
+                channel = f"rq:pubsub:{job.worker_name}"
+                for junk in (b"not json", b"[1]", b'{"command": 5}', b"\xff"):
+                    redis.publish(channel, junk)
                 send_stop_job_command(redis, job_id, serializer=JSONSerializer)
                 seen["stopped"] = job_id
 
@@ -461,3 +467,46 @@ def test_rqs_stop_job_command_stops_the_job_named_while_the_others_go_on(
     # RQ's mark of a job stopped on request: not retried (retry=1).
     assert stopped.get_status() == "stopped"
     assert seen["linger"] == ["start"]
+
+
+def test_a_one_thread_worker_lets_a_job_asked_to_stop_run_to_its_end(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its handler runs in the worker's own thread: RQ's SimpleWorker marks
+    # the job stopped and lets it run on, and a failure of its own was then
+    # not retried. Ours says so and leaves the job alone.
+    app = app_with(make_app)
+    redis: Redis = get_state(app).redis
+    reset()
+    publish(app, Linger(1.5))
+    started = Queue(QUEUE, connection=redis).started_job_registry
+
+    def stop_it() -> None:
+        deadline = time.monotonic() + 30
+        while "linger" not in seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (job_id,) = started.get_job_ids(cleanup=False)
+        send_stop_job_command(redis, job_id, serializer=JSONSerializer)
+
+    stopper = threading.Thread(target=stop_it)
+    stopper.start()
+    with caplog.at_level(logging.WARNING, "flask_messaging"):
+        worker = make_worker(app, [QUEUE], threads=1)
+        worker.work(burst=True, logging_level="WARNING")
+    stopper.join()
+    assert seen["linger"] == ["start", "end"]
+    assert registries(app)["finished"] == 1
+    assert "cannot be stopped" in caplog.text
+
+
+def test_an_async_handler_waiting_for_a_place_on_the_loop_is_not_timed_out(
+    make_app: Callable[..., Flask],
+) -> None:
+    # One place, four threads: the worker holds one job at a time, instead of
+    # letting three wait for the place while their 1 s timeouts ran out.
+    app = app_with(make_app, MESSAGING_WORKER_ASYNC_LIMIT=1)
+    reset(expected=1)
+    publish(app, *(Gather(n, seconds=0.6) for n in range(4)))
+    burst(app, threads=4)
+    counts = registries(app)
+    assert (counts["finished"], counts["failed"]) == (4, 0)

@@ -78,7 +78,7 @@ class Taker(Protocol):
         """A take is about to run: jobs may be in hand from now on."""
 
     def took_none(self) -> None:
-        """The take brought no job: none is in hand.
+        """The take brought no job, or failed: none is in hand.
 
         :raises rq.exceptions.StopRequested: a stop was asked meanwhile.
         """
@@ -221,9 +221,16 @@ class MessagingQueue(Queue):
         while True:
             if taker is not None:
                 taker.taking()
-            taken = cls.take(
-                queues, 1, connection, job_class, serializer, death_penalty_class
-            )
+            try:
+                taken = cls.take(
+                    queues, 1, connection, job_class, serializer, death_penalty_class
+                )
+            except Exception:
+                if taker is not None:
+                    # Nothing usable in hand (Redis unreachable, say): a stop
+                    # asked meanwhile goes first.
+                    taker.took_none()
+                raise
             if taken.jobs:
                 job, queue = taken.jobs[0]
                 if isinstance(job, Exception):

@@ -11,7 +11,8 @@ in hand, each with its own execution in the started registry:
   of its own; an ``async def`` handler is handed to the process's event loop
   (:class:`~flask_messaging.coroutines.HandlerLoop`) and its thread is free
   at once, so up to ``async_limit`` coroutines wait at once beside the
-  threads;
+  threads (the worker holds at most ``async_limit`` jobs, coroutines
+  included, so each finds a place on the loop at once);
 - a recorder thread writes the jobs' ends: the successes that end together
   in one pipeline, failures through RQ's failure handling (retries, failed
   registry);
@@ -38,7 +39,6 @@ from functools import partial
 from typing import Any
 
 from rq import timeouts
-from rq.command import parse_payload
 from rq.job import Job
 from rq.queue import Queue
 from rq.utils import now
@@ -51,7 +51,7 @@ from . import lifecycle
 from .dequeue import MessagingQueue
 from .job_faults import describe, fail_job
 from .lifecycle import ExcInfo, Running
-from .workers import MessagingWorker
+from .workers import STOP_COMMANDS, MessagingWorker
 
 __all__ = ["ThreadedMessagingWorker"]
 
@@ -189,14 +189,13 @@ class ThreadedMessagingWorker(MessagingWorker):
         for running in started:
             self._todo.put(running)
 
-    def handle_payload(self, message: Any) -> None:
+    def _handle_command(self, payload: dict[str, Any]) -> None:
         # RQ stops "the" current job by killing a work horse; here several
         # jobs run, in threads: find the one named (on the pub/sub thread).
-        payload = parse_payload(message)
-        if payload.get("command") in ("stop-job", "stop-execution"):
+        if payload["command"] in STOP_COMMANDS:
             self._stop_job(payload.get("job_id"), payload.get("execution_id"))
         else:
-            super().handle_payload(message)  # type: ignore[no-untyped-call]
+            super()._handle_command(payload)
 
     def _stop_job(self, job_id: str | None, execution_id: str | None) -> None:
         """Fail the job in hand named, as STOPPED (see :meth:`_write_off`)."""
@@ -225,6 +224,8 @@ class ThreadedMessagingWorker(MessagingWorker):
         wanted = self.threads - 1
         if self._max_jobs is not None:
             wanted = min(wanted, self._max_jobs - self._taken - 1)
+        with self._lock:  # the job in hand already counts one
+            wanted = min(wanted, self.async_limit - len(self._in_hand) - 1)
         slots = 0
         while slots < wanted and self._free.acquire(blocking=False):
             slots += 1
@@ -283,12 +284,28 @@ class ThreadedMessagingWorker(MessagingWorker):
             super().teardown()  # type: ignore[no-untyped-call]
 
     def _take_slot(self) -> bool:
-        """Wait for a free executor; False if a stop is asked meanwhile."""
-        while not self._free.acquire(timeout=0.5):
+        """Wait for a free executor and room for one more job in hand.
+
+        Room: fewer jobs in hand, coroutines on the event loop included, than
+        ``async_limit``, so that an ``async def`` handler taken now finds a
+        place on the loop at once (an executor waiting for one would see its
+        job's timeout run out before the handler started).
+
+        :return: False if a stop is asked meanwhile.
+        """
+        while True:
+            if self._free.acquire(timeout=0.5):
+                with self._lock:
+                    if self._lock.wait_for(self._has_room, timeout=0.5):
+                        return True
+                self._free.release()
             if self._stop_requested:
                 return False
             self.heartbeat()
-        return True
+
+    def _has_room(self, more: int = 1) -> bool:
+        """Whether ``more`` jobs may join those in hand (the lock is held)."""
+        return len(self._in_hand) + more <= self.async_limit
 
     def _wait_for_ends(self) -> bool:
         """Wait until no job is in hand; False if none was."""
@@ -343,6 +360,10 @@ class ThreadedMessagingWorker(MessagingWorker):
                     continue
                 self._ended.put(ended)
                 self._free.release()
+        except JobTimeoutException:
+            # Raised in this thread as its job was written off, but only
+            # after the handler had returned: the thread was replaced.
+            pass
         finally:
             with self._lock:
                 self._executors.discard(me)

@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker, Worker
+from rq.command import handle_command, parse_payload
 from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("flask_messaging")
+
+#: RQ's commands that stop one job (rq 3 adds stop-execution).
+STOP_COMMANDS = ("stop-job", "stop-execution")
 
 #: Seconds a burst that found the queues empty waits for the jobs of events
 #: its handlers committed (the sender writes them just after each commit).
@@ -270,6 +274,40 @@ class _MessagingWorkerMixin:
                     s.queue_name,
                 )
 
+    def handle_payload(self, message: Any) -> None:
+        # RQ's lets an error out, which ends its listening thread: after one
+        # message on the worker's channel that is not a command (anyone who
+        # can write to Redis may publish there), every later stop-job or
+        # shutdown command went unheard.
+        try:
+            payload = parse_payload(message)
+            if not isinstance(payload, dict) or not isinstance(
+                payload.get("command"), str
+            ):
+                raise ValueError("not a JSON object with a command")
+        except Exception as exc:
+            data = message.get("data") if isinstance(message, dict) else message
+            logger.error(
+                "Worker %s ignored a message on its command channel that is not"
+                " an RQ command (%s): %.200r",
+                self.name,  # type: ignore[attr-defined]
+                describe(exc),
+                data,
+            )
+            return
+        try:
+            self._handle_command(payload)
+        except Exception:
+            logger.exception(
+                "Worker %s could not carry out command %r.",
+                self.name,  # type: ignore[attr-defined]
+                payload["command"],
+            )
+
+    def _handle_command(self, payload: dict[str, Any]) -> None:
+        """Carry out an RQ command sent to this worker (on the pub/sub thread)."""
+        handle_command(self, payload)  # type: ignore[arg-type]
+
     def unsubscribe(self) -> None:
         # RQ unsubscribes, then stops its listening thread: a thread that
         # reads the reply first waits for another message, and every exit
@@ -419,6 +457,20 @@ class MessagingWorker(_MessagingWorkerMixin, JobFaultsMixin, _LeanJobs, SimpleWo
     handler that leaks state or crashes the interpreter is the price. Use
     :class:`ForkingMessagingWorker` (``--fork``) for that isolation.
     """
+
+    def _handle_command(self, payload: dict[str, Any]) -> None:
+        if payload["command"] in STOP_COMMANDS:
+            # RQ's SimpleWorker marks the job stopped and lets it run on: it
+            # ran to its end, and a failure of its own was then not retried.
+            logger.warning(
+                "Worker %s runs its job in its own thread, which cannot be"
+                " stopped: job %s runs to its end (stop jobs with --threads or"
+                " --fork workers).",
+                self.name,
+                payload.get("job_id"),
+            )
+            return
+        super()._handle_command(payload)
 
 
 class ForkingMessagingWorker(_MessagingWorkerMixin, JobFaultsMixin, Worker):
